@@ -1,0 +1,191 @@
+"""``relayrec`` command line: subcommands grouped by noun (DESIGN.md §8).
+
+    relayrec data generate --preset demo --seed 0     world data → data/ (+ DVC version)
+    relayrec data import-kuairand DIR                 KuaiRand files → data/ (+ DVC version)
+    relayrec data validate                            Great Expectations suites + Data Docs
+    relayrec data groups                              user-group reassignment (MG-SD)
+    relayrec data pipeline                            all of the above as one Prefect flow
+
+Paths are relative to the current directory (the project root). Exit codes: 0 success,
+1 the data was rejected or is missing, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+TELEMETRY_OFF = {
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "BENTOML_DO_NOT_TRACK": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _version(root: Path, data_dir: Path, enabled: bool) -> None:
+    if not enabled:
+        return
+    from components import versioning
+
+    rel = data_dir.resolve().relative_to(root.resolve()).as_posix()
+    versioning.ensure_dvc_repo(root)
+    v = versioning.track(root, rel, push=True)
+    _say(f"data version {v.md5} recorded in {rel}.dvc (pushed: {v.pushed}, remote {v.remote})")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from components.io import write_dataset
+    from components.world import generate_dataset
+
+    t0 = time.perf_counter()
+    _say(f"generating world data: preset {args.preset}, seed {args.seed} ...")
+    tables, meta = generate_dataset(preset=args.preset, seed=args.seed)
+    write_dataset(tables, meta, args.data_dir)
+    for name, df in tables.items():
+        _say(f"  {name:<16} {len(df):>10,} rows")
+    _say(f"written to {args.data_dir}/ in {time.perf_counter() - t0:.1f} s ({meta.notes[0]})")
+    _version(Path.cwd(), Path(args.data_dir), not args.no_version)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from components.kuairand import import_kuairand
+
+    result = import_kuairand(
+        args.src, args.data_dir, join_user_features=args.join_user_features
+    )
+    for name, n in result.n_rows.items():
+        _say(f"  {name:<16} {n:>10,} rows")
+    for line in result.messages:
+        _say(f"  note: {line}")
+    _say(f"written to {args.data_dir}/")
+    _version(Path.cwd(), Path(args.data_dir), not args.no_version)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from components.validation import validate_dataset
+
+    t0 = time.perf_counter()
+    report = validate_dataset(args.data_dir, out_dir=args.out)
+    rows = sum(report.n_rows.values())
+    _say(
+        f"{report.n_expectations} expectations on {rows:,} rows "
+        f"in {time.perf_counter() - t0:.1f} s"
+    )
+    _say(f"Data Docs: {report.docs_index}\nsummary:   {report.summary_path}")
+    if report.success:
+        _say("validation passed")
+        return 0
+    _say(f"validation FAILED ({len(report.failures)} failed expectations):")
+    _say(report.format_failures())
+    return 1
+
+
+def cmd_groups(args: argparse.Namespace) -> int:
+    from components.grouping import run_grouping
+
+    result = run_grouping(Path(args.data_dir), state_dir=Path(args.out), n_groups=args.n_groups)
+    _say(result.summary())
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from flows.data import data_flow
+
+    result = data_flow(
+        source=args.source,
+        preset=args.preset,
+        seed=args.seed,
+        kuairand_dir=Path(args.kuairand_dir) if args.kuairand_dir else None,
+        root=Path.cwd(),
+        n_groups=args.n_groups,
+    )
+    for line in result.messages:
+        _say(line)
+    _say(f"data version: {result.data_version}")
+    _say(f"validation: {'passed' if result.validation.success else 'FAILED'}")
+    _say(f"Data Docs: {result.validation.docs_index}")
+    if not result.ok:
+        _say(result.validation.format_failures())
+        _say("stopped: the data was rejected; nothing downstream ran")
+        return 1
+    assert result.groups is not None
+    _say(result.groups.summary())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relayrec", description=__doc__.split("\n\n")[0])
+    nouns = parser.add_subparsers(dest="noun", required=True)
+    data = nouns.add_parser("data", help="data sets: generate, import, validate, groups")
+    verbs = data.add_subparsers(dest="verb", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", default="data", help="data set directory (default: data)")
+
+    g = verbs.add_parser("generate", help="simulate the world and write its logs")
+    common(g)
+    g.add_argument("--preset", default="demo", choices=["tiny", "demo", "large"])
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--no-version", action="store_true", help="do not record a DVC version")
+    g.set_defaults(func=cmd_generate)
+
+    k = verbs.add_parser("import-kuairand", help="turn KuaiRand files into the contract tables")
+    k.add_argument("src", help="directory with KuaiRand csv files")
+    common(k)
+    k.add_argument(
+        "--join-user-features",
+        action="store_true",
+        help="join user features on user_id (only if the log's ids match the feature file's)",
+    )
+    k.add_argument("--no-version", action="store_true", help="do not record a DVC version")
+    k.set_defaults(func=cmd_import)
+
+    v = verbs.add_parser("validate", help="validate the data set with Great Expectations")
+    common(v)
+    v.add_argument("--out", default="artifacts/validation")
+    v.set_defaults(func=cmd_validate)
+
+    gr = verbs.add_parser("groups", help="reassign users to live-watching groups")
+    common(gr)
+    gr.add_argument("--n-groups", type=int, default=4)
+    gr.add_argument("--out", default="artifacts/groups")
+    gr.set_defaults(func=cmd_groups)
+
+    p = verbs.add_parser("pipeline", help="load → version → validate → groups as a Prefect flow")
+    p.add_argument("--source", default="world", choices=["world", "kuairand"])
+    p.add_argument("--preset", default="demo", choices=["tiny", "demo", "large"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kuairand-dir", default=None)
+    p.add_argument("--n-groups", type=int, default=4)
+    p.set_defaults(func=cmd_pipeline)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    for key, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(key, value)
+    args = build_parser().parse_args(argv)
+    from components.io import DataError
+
+    try:
+        return int(args.func(args))
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
