@@ -62,9 +62,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from components.kuairand import import_kuairand
 
-    result = import_kuairand(
-        args.src, args.data_dir, join_user_features=args.join_user_features
-    )
+    result = import_kuairand(args.src, args.data_dir, join_user_features=args.join_user_features)
     for name, n in result.n_rows.items():
         _say(f"  {name:<16} {n:>10,} rows")
     for line in result.messages:
@@ -81,8 +79,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     report = validate_dataset(args.data_dir, out_dir=args.out)
     rows = sum(report.n_rows.values())
     _say(
-        f"{report.n_expectations} expectations on {rows:,} rows "
-        f"in {time.perf_counter() - t0:.1f} s"
+        f"{report.n_expectations} expectations on {rows:,} rows in {time.perf_counter() - t0:.1f} s"
     )
     _say(f"Data Docs: {report.docs_index}\nsummary:   {report.summary_path}")
     if report.success:
@@ -165,7 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     gr.set_defaults(func=cmd_groups)
 
     p = verbs.add_parser("pipeline", help="load → version → validate → groups as a Prefect flow")
-    p.add_argument("--source", default="world", choices=["world", "kuairand"])
+    p.add_argument(
+        "--source",
+        default="world",
+        choices=["world", "kuairand", "existing"],
+        help="world: generate; kuairand: import --kuairand-dir; existing: the data set in data/",
+    )
     p.add_argument("--preset", default="demo", choices=["tiny", "demo", "large"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kuairand-dir", default=None)

@@ -14,7 +14,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from components import grouping, validation, versioning
-from components.io import DatasetMeta, write_dataset
+from components.io import DatasetMeta, read_meta, write_dataset
 from components.kuairand import import_kuairand
 from components.world import generate_dataset
 
@@ -36,7 +36,10 @@ class DataFlowResult:
 def load_data(
     source: str, preset: str, seed: int, kuairand_dir: Path | None, data_dir: Path
 ) -> tuple[DatasetMeta, tuple[str, ...]]:
-    """Generate world data or import KuaiRand into ``data_dir``."""
+    """Generate world data, import KuaiRand, or take the data set already in ``data_dir``."""
+    if source == "existing":
+        meta = read_meta(data_dir)
+        return meta, (f"using the data set in {data_dir} (source {meta.source})",)
     if source == "world":
         tables, meta = generate_dataset(preset=preset, seed=seed)
         write_dataset(tables, meta, data_dir)
@@ -47,7 +50,7 @@ def load_data(
             raise ValueError("source 'kuairand' needs a directory of KuaiRand files")
         result = import_kuairand(kuairand_dir, data_dir)
         return result.meta, result.messages
-    raise ValueError(f"unknown data source {source!r}; choose 'world' or 'kuairand'")
+    raise ValueError(f"unknown data source {source!r}; choose 'world', 'kuairand' or 'existing'")
 
 
 @task(name="version-data", retries=2, retry_delay_seconds=2)

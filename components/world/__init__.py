@@ -23,6 +23,7 @@ from components.world.policies import (
     Observation,
     OracleRankingPolicy,
     Policy,
+    ScoredRankingPolicy,
     UniformRankingPolicy,
 )
 
@@ -35,6 +36,7 @@ __all__ = [
     "OracleRankingPolicy",
     "Policy",
     "RolloutResult",
+    "ScoredRankingPolicy",
     "UniformRankingPolicy",
     "World",
     "WorldConfig",

@@ -17,7 +17,7 @@ PRESETS: dict[str, dict[str, int]] = {
     # >= 1,000 users, >= 20,000 requests, >= 100,000 impressions: the default data set
     "demo": {"n_users": 1000, "n_videos": 3000, "n_live": 40, "days": 3},
     # ~1M impressions: benchmarks
-    "large": {"n_users": 8000, "n_videos": 6000, "n_live": 80, "days": 5},
+    "large": {"n_users": 7000, "n_videos": 6000, "n_live": 80, "days": 3},
 }
 
 
@@ -179,6 +179,22 @@ class WorldConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WorldConfig:
+        """Inverse of :meth:`to_dict` (as saved in a data set's ``meta.json``)."""
+        parts = {
+            "feedback": FeedbackParams,
+            "session": SessionParams,
+            "live": LiveParams,
+            "funnel": FunnelParams,
+        }
+        kwargs = dict(d)
+        for key, part in parts.items():
+            if key in kwargs:
+                values = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs[key].items()}
+                kwargs[key] = part(**values)
+        return cls(**kwargs)
 
 
 def find_kuairand_dir() -> Path | None:

@@ -9,16 +9,14 @@ import pandas as pd
 
 from components.io import DatasetMeta
 from components.schema import SPECS
-from components.world.config import WorldConfig, find_kuairand_dir
+from components.world.config import WorldConfig
 from components.world.engine import World
-
-_AUTO = object()
 
 
 def generate_dataset(
     preset: str = "demo",
     seed: int = 0,
-    kuairand_dir: Path | None | object = _AUTO,
+    kuairand_dir: Path | str | None = "auto",
     config: WorldConfig | None = None,
 ) -> tuple[dict[str, pd.DataFrame], DatasetMeta]:
     """Make the data set of ``preset`` (or ``config``) from ``seed``, deterministically.
@@ -27,8 +25,6 @@ def generate_dataset(
     ``kuairand_dir`` (default: found automatically) holds them, else synthesised.
     """
     config = config or WorldConfig.from_preset(preset)
-    if kuairand_dir is _AUTO:
-        kuairand_dir = find_kuairand_dir()
     world = World(config, seed=seed, kuairand_dir=kuairand_dir)
     raw, _ = world.generate()
     tables = shape_tables(world, raw)

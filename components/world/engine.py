@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
-from components.world.config import WorldConfig
+from components.world.config import WorldConfig, find_kuairand_dir
 from components.world.feedback import ItemTraits, exact_probabilities, sample_feedback
 from components.world.policies import Observation, Policy
 from components.world.population import Population, build_population
@@ -106,8 +106,12 @@ class World:
     """A seeded simulated platform: population (fixed by the seed) and its dynamics."""
 
     def __init__(
-        self, config: WorldConfig, seed: int = 0, kuairand_dir: Path | None = None
+        self, config: WorldConfig, seed: int = 0, kuairand_dir: Path | str | None = "auto"
     ) -> None:
+        """``kuairand_dir``: real KuaiRand-Pure feature files; ``"auto"`` finds them
+        (:func:`find_kuairand_dir`), ``None`` synthesises features."""
+        if kuairand_dir == "auto":
+            kuairand_dir = find_kuairand_dir()
         self.config = config
         self.seed = seed
         pop_seq, sim_seq = np.random.SeedSequence(seed).spawn(2)

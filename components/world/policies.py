@@ -256,3 +256,30 @@ class FixedLivePolicy(Policy):
     ) -> LiveDecision:
         inject = rng.random(obs.size) < self.rate
         return LiveDecision(inject, np.where(inject, self.rate, 1.0 - self.rate))
+
+
+class ScoredRankingPolicy(Policy):
+    """Ranks with any scoring function (e.g. a trained model), Plackett–Luce at ``temperature``.
+
+    ``score(user_ids (B,), item_ids (B, n), hour (B,), position (B,)) -> (B, n)``; every other
+    decision stays the logging policy's. This is how a trained ranker is A/B-tested in the
+    world.
+    """
+
+    random_share = 0.0
+    explore_top = 0
+
+    def __init__(
+        self,
+        score: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+        temperature: float,
+        name: str = "scored",
+    ) -> None:
+        self._score = score
+        self.rank_temperature = temperature
+        self.name = name
+
+    def rank_scores(
+        self, obs: Observation, items: np.ndarray, world: World, rng: np.random.Generator
+    ) -> np.ndarray:
+        return np.asarray(self._score(obs.user_id, items, obs.hour, obs.position), dtype=float)
