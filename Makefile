@@ -13,7 +13,7 @@ export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: setup run test test-slow lint format bench clean
+.PHONY: setup run data test test-slow lint format bench clean
 
 setup: $(VENV)/.installed
 
@@ -22,8 +22,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
-## the main job on the embedded default: world data → DVC version → validation → groups
+## the main job on the embedded default: the retraining flow on generated data (params.yaml)
 run: setup
+	$(BIN)/relayrec retrain
+
+## the data steps only: world data → DVC version → validation → groups
+data: setup
 	$(BIN)/relayrec data pipeline --preset $(PRESET) --seed $(SEED)
 
 ## every check: format, lint, tests (slow tests excluded)

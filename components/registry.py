@@ -78,11 +78,11 @@ def find_model(labels: dict[str, str], name: str = MODEL_NAME) -> str | None:
     """Tag of the newest stored model whose labels include all of ``labels``, if any."""
     import bentoml
 
-    hits = [
-        m
-        for m in bentoml.models.list(name)
-        if all(m.info.labels.get(k) == str(v) for k, v in labels.items())
-    ]
+    try:
+        stored = bentoml.models.list(name)
+    except bentoml.exceptions.NotFound:  # raised when no model of that name exists yet
+        return None
+    hits = [m for m in stored if all(m.info.labels.get(k) == str(v) for k, v in labels.items())]
     if not hits:
         return None
     return str(max(hits, key=lambda m: m.info.creation_time).tag)

@@ -5,6 +5,10 @@
     relayrec data validate                            Great Expectations suites + Data Docs
     relayrec data groups                              user-group reassignment (MG-SD)
     relayrec data pipeline                            all of the above as one Prefect flow
+    relayrec retrain                                  data → train → gate → promote (Prefect)
+    relayrec promote TAG --why "..."                  move the champion pointer
+    relayrec rollback --why "..."                     back to the previous champion
+    relayrec history                                  the promotion log
 
 Paths are relative to the current directory (the project root). Exit codes: 0 success,
 1 the data was rejected or is missing, 2 bad usage.
@@ -123,6 +127,45 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from flows.retrain import retrain_flow
+
+    t0 = time.perf_counter()
+    result = retrain_flow(params_path=Path(args.params), root=Path.cwd())
+    for line in result.messages:
+        _say(line)
+    _say(f"data version: {result.data_version}")
+    _say(f"challenger:   {result.model}")
+    _say(f"champion:     {result.champion}")
+    if result.report:
+        _say(f"gate report:  {result.report}")
+    _say(f"status:       {result.status} ({time.perf_counter() - t0:.1f} s)")
+    return 1 if result.status == "invalid_data" else 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from components import registry
+
+    entry = registry.promote(args.tag, args.why)
+    _say(f"champion: {entry.from_tag or '-'} → {entry.to_tag}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from components import registry
+
+    entry = registry.rollback(args.why)
+    _say(f"champion rolled back: {entry.from_tag} → {entry.to_tag}")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from components import registry
+
+    _say(registry.format_history(registry.history()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relayrec", description=__doc__.split("\n\n")[0])
     nouns = parser.add_subparsers(dest="noun", required=True)
@@ -173,6 +216,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kuairand-dir", default=None)
     p.add_argument("--n-groups", type=int, default=4)
     p.set_defaults(func=cmd_pipeline)
+
+    r = nouns.add_parser("retrain", help="the retraining flow: data → train → gate → promote")
+    r.add_argument("--params", default="params.yaml")
+    r.set_defaults(func=cmd_retrain)
+    pr = nouns.add_parser("promote", help="make a registered model the champion")
+    pr.add_argument("tag")
+    pr.add_argument("--why", required=True)
+    pr.set_defaults(func=cmd_promote)
+    rb = nouns.add_parser("rollback", help="point back to the previous champion")
+    rb.add_argument("--why", required=True)
+    rb.set_defaults(func=cmd_rollback)
+    h = nouns.add_parser("history", help="show the promotion log")
+    h.set_defaults(func=cmd_history)
     return parser
 
 
@@ -181,10 +237,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     args = build_parser().parse_args(argv)
     from components.io import DataError
+    from components.registry import RegistryError
 
     try:
         return int(args.func(args))
-    except (DataError, ValueError, FileNotFoundError) as exc:
+    except (DataError, ValueError, FileNotFoundError, RegistryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

@@ -24,6 +24,7 @@ def _model(tmp_path: Path, name: str) -> Path:
 
 
 def test_register_promote_rollback_history(tmp_path: Path, store: Path) -> None:
+    assert registry.find_model({"data_version": "v1"}) is None  # empty store
     a = registry.register_model(_model(tmp_path, "a"), {"data_version": "v1", "params": "p"})
     b = registry.register_model(_model(tmp_path, "b"), {"data_version": "v2", "params": "p"})
     assert (registry.model_path(a) / "weights.txt").read_text() == "a"

@@ -1,0 +1,129 @@
+"""The retraining flow: load → version → validate → groups → train → gate → promote.
+
+Steps are cached on the data version: a re-run with unchanged data and parameters reuses the
+validated data, finds the already-registered model instead of training, and skips the gate
+because the challenger is already the champion — so it promotes no duplicate. A failed
+validation or a rejected gate ends the run cleanly with the reason; the champion keeps
+serving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from components import registry
+from components.io import read_meta
+from components.params import RunParams, load_params
+from components.retraining import (
+    GateOutcome,
+    ModelRef,
+    gate_challenger,
+    git_commit,
+    promote_if_blessed,
+    train_and_register,
+)
+from flows.data import load_data, reassign_groups, validate_data, version_data
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    """What the run did and why it stopped where it did."""
+
+    status: str  # promoted | rejected | unchanged | invalid_data
+    data_version: str | None
+    model: str | None = None
+    champion: str | None = None
+    report: Path | None = None
+    messages: tuple[str, ...] = field(default_factory=tuple)
+
+
+@task(name="validate-data-version", cache_policy=NO_CACHE)
+def validate_version(data_dir: Path, out_dir: Path, data_version: str) -> bool:
+    """Validation is a function of the data version: run it once per version.
+
+    ``<out_dir>/validated.json`` records the version last validated and the verdict; the
+    suites run again only when the version differs (or the record is gone).
+    """
+    marker = out_dir / "validated.json"
+    if marker.exists():
+        seen = json.loads(marker.read_text())
+        if seen.get("data_version") == data_version:
+            print(f"data version {data_version} already validated: {seen['success']}")
+            return bool(seen["success"])
+    success = validate_data.fn(data_dir, out_dir).success
+    marker.write_text(json.dumps({"data_version": data_version, "success": success}) + "\n")
+    return success
+
+
+@task(name="train-challenger", cache_policy=NO_CACHE)
+def train_challenger(data_dir: Path, data_version: str, params: RunParams, root: Path) -> ModelRef:
+    return train_and_register(data_dir, data_version, params, git_commit(root))
+
+
+@task(name="gate-challenger", cache_policy=NO_CACHE)
+def gate(data_dir: Path, tag: str, params: RunParams, out_dir: Path) -> GateOutcome:
+    outcome = gate_challenger(data_dir, tag, params, out_dir)
+    create_markdown_artifact(
+        key="gate-report", markdown=outcome.report_paths["md"].read_text(), description="gate"
+    )
+    return outcome
+
+
+@task(name="promote", cache_policy=NO_CACHE)
+def promote(outcome: GateOutcome, tag: str) -> str | None:
+    entry = promote_if_blessed(outcome, tag)
+    return None if entry is None else entry.to_tag
+
+
+def _reuse_or_load(root: Path, params: RunParams, data_dir: Path) -> tuple[str, ...]:
+    d = params.data
+    if d["source"] == "world" and (data_dir / "meta.json").exists():
+        meta = read_meta(data_dir)
+        if (meta.source, meta.preset, meta.seed) == ("world", d["preset"], d["seed"]):
+            return (f"data unchanged: reusing {data_dir} (world {d['preset']}, seed {d['seed']})",)
+    kdir = Path(d["kuairand_dir"]) if d.get("kuairand_dir") else None
+    _, messages = load_data(d["source"], d["preset"], int(d["seed"]), kdir, data_dir)
+    return messages
+
+
+@flow(name="relayrec-retrain", log_prints=True)
+def retrain_flow(params_path: Path = Path("params.yaml"), root: Path = Path(".")) -> RetrainResult:
+    """Load → version → validate → groups → train → gate → promote (module docstring)."""
+    root = Path(root)
+    params = load_params(params_path)
+    data_dir, artifacts = root / "data", root / "artifacts"
+    messages = _reuse_or_load(root, params, data_dir)
+    version = version_data(root, data_dir)
+    if not validate_version(data_dir, artifacts / "validation", version):
+        return RetrainResult("invalid_data", version, messages=messages)
+    reassign_groups(data_dir, artifacts / "groups", params.n_groups)
+    model = train_challenger(data_dir, version, params, root)
+    champion = registry.champion()
+    if model.tag == champion:
+        note = f"{model.tag} (same data and parameters) is already the champion: nothing to do"
+        return RetrainResult("unchanged", version, model.tag, champion, None, (*messages, note))
+    run_dir = artifacts / "gate" / _run_name(version, model.tag, champion)
+    outcome = gate(data_dir, model.tag, params, run_dir)
+    promoted = promote(outcome, model.tag)
+    status = "promoted" if promoted else "rejected"
+    reasons = tuple(outcome.decision.reasons)
+    return RetrainResult(
+        status,
+        version,
+        model.tag,
+        registry.champion(),
+        outcome.report_paths["md"],
+        (*messages, *reasons),
+    )
+
+
+def _run_name(version: str, tag: str, champion: str | None) -> str:
+    key = json.dumps([version, tag, champion])
+    return tag.replace(":", "-") + "-" + hashlib.sha256(key.encode()).hexdigest()[:8]

@@ -1,0 +1,62 @@
+"""The retraining flow end to end on a real embedded Prefect API, DVC, GE and BentoML store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from components import registry
+from flows.retrain import retrain_flow
+
+PARAMS = {
+    "data": {"source": "world", "preset": "tiny", "seed": 0},
+    "ranker": {"epochs": 1},
+    "gate": {"min_ess": 50, "n_boot": 200},
+}
+
+
+@pytest.fixture()
+def retrain_project(project: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("BENTOML_HOME", str(project / "bentoml"))
+    monkeypatch.delenv("RELAYREC_REGISTRY", raising=False)
+    (project / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    return project
+
+
+def test_retrain_gates_reuses_and_never_promotes_a_duplicate(prefect_api, retrain_project) -> None:
+    root = retrain_project
+    first = retrain_flow(params_path=root / "params.yaml", root=root)
+    assert first.status in {"promoted", "rejected"}
+    assert first.report is not None and first.report.exists()
+    assert "Gate:" in first.report.read_text()
+    assert (first.report.parent / "report.json").exists()
+    assert first.messages  # the reasons are stated
+    if first.status == "rejected":
+        assert registry.champion() is None  # nothing promoted
+        registry.promote(first.model, "accepted by hand for the test")
+    log_before = registry.history()
+
+    second = retrain_flow(params_path=root / "params.yaml", root=root)
+    assert second.status == "unchanged"
+    assert second.model == first.model  # found in the store, not retrained
+    assert second.data_version == first.data_version
+    assert registry.history() == log_before  # no duplicate promotion
+
+
+def test_corrupt_data_stops_before_training(prefect_api, retrain_project) -> None:
+    root = retrain_project
+    from components.io import write_dataset
+    from components.world import generate_dataset
+
+    tables, meta = generate_dataset("tiny", seed=0)
+    tables["impressions"].loc[:2, "propensity"] = 1.5
+    write_dataset(tables, meta, root / "data")
+    result = retrain_flow(params_path=root / "params.yaml", root=root)
+    assert result.status == "invalid_data"
+    assert result.model is None
+    assert registry.find_model({"data_version": result.data_version}) is None
+    summary = pd.read_json(root / "artifacts" / "validation" / "summary.json", typ="series")
+    assert summary["success"] is False or summary["success"] == 0
