@@ -105,13 +105,14 @@ def plackett_luce(
     logits = np.where(mask, scores / temperature, -np.inf)
     gumbel = rng.gumbel(size=scores.shape)
     slate = np.argsort(-(logits + gumbel), axis=1, kind="stable")[:, :k]
-    rows = np.arange(len(scores))[:, None]
-    chosen = logits[rows, slate]
-    shift = np.max(np.where(mask, logits, -np.inf), axis=1, keepdims=True)
-    weights = np.where(mask, np.exp(logits - shift), 0.0)
-    total = weights.sum(axis=1, keepdims=True)
-    placed = np.cumsum(np.exp(chosen - shift), axis=1) - np.exp(chosen - shift)
-    propensity = np.exp(chosen - shift) / (total - placed)
+    rows = np.arange(len(scores))
+    shift = np.max(logits, axis=1, keepdims=True)
+    remaining = np.where(mask, np.exp(logits - shift), 0.0)
+    propensity = np.empty(slate.shape)
+    for pos in range(k):  # sum what is left at each position: no cancellation error
+        chosen = remaining[rows, slate[:, pos]]
+        propensity[:, pos] = chosen / remaining.sum(axis=1)
+        remaining[rows, slate[:, pos]] = 0.0
     return slate, np.clip(propensity, 1e-12, 1.0)
 
 
