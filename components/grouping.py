@@ -61,7 +61,6 @@ and a cell whose rewards are all equal (or that has one reward) maps to the neut
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -71,7 +70,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.io import DataError, read_table
+from components.io import DataError, atomic_write, read_table
 from components.schema import GROUPS
 
 LIVE_COLUMN = "live_watch_3w"
@@ -537,18 +536,6 @@ def _report(result: GroupingResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, write) -> Path:  # type: ignore[no-untyped-def]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
 def _new_run_id(history: Path) -> str:
     base = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_id, i = base, 1
@@ -616,17 +603,17 @@ def run_grouping(
         "cqr_item_groups": state_dir / "cqr_item_groups.parquet",
     }
     groups = assignment.groups
-    _atomic_write(paths["history"], lambda p: groups.to_parquet(p, index=False))
-    _atomic_write(paths["current"], lambda p: groups.to_parquet(p, index=False))
+    atomic_write(paths["history"], lambda p: groups.to_parquet(p, index=False))
+    atomic_write(paths["current"], lambda p: groups.to_parquet(p, index=False))
     mig = assignment.migration.rename(index=_label)
-    _atomic_write(paths["migration"], lambda p: mig.to_csv(p))
+    atomic_write(paths["migration"], lambda p: mig.to_csv(p))
     for key, s in (("cqr_user_groups", user_groups), ("cqr_item_groups", item_groups)):
         if s is None:
             paths[key].unlink(missing_ok=True)
             del paths[key]
         else:
             frame = s.reset_index()
-            _atomic_write(paths[key], lambda p, f=frame: f.to_parquet(p, index=False))
+            atomic_write(paths[key], lambda p, f=frame: f.to_parquet(p, index=False))
     result = GroupingResult(
         assignment=assignment,
         run_id=run_id,
@@ -635,7 +622,7 @@ def run_grouping(
         item_groups=item_groups,
         notes=tuple(notes),
     )
-    _atomic_write(paths["report"], lambda p: p.write_text(_report(result)))
+    atomic_write(paths["report"], lambda p: p.write_text(_report(result)))
     return result
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,9 @@ class DatasetMeta:
         )
 
 
-def _atomic_write_bytes(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
+    """Call ``write(tmp)`` on a temporary sibling of ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
@@ -67,6 +70,7 @@ def _atomic_write_bytes(path: Path, write: Any) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+    return path
 
 
 def write_table(df: pd.DataFrame, directory: str | Path, name: str) -> Path:
@@ -76,7 +80,7 @@ def write_table(df: pd.DataFrame, directory: str | Path, name: str) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.parquet"
-    _atomic_write_bytes(path, lambda p: df.to_parquet(p, index=False))
+    atomic_write(path, lambda p: df.to_parquet(p, index=False))
     return path
 
 
@@ -95,7 +99,7 @@ def write_meta(meta: DatasetMeta, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / META_FILE
-    _atomic_write_bytes(path, lambda p: p.write_text(meta.to_json() + "\n"))
+    atomic_write(path, lambda p: p.write_text(meta.to_json() + "\n"))
     return path
 
 
