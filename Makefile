@@ -19,7 +19,7 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
 ## the main job on the embedded default: the retraining flow on generated data (params.yaml)

@@ -36,7 +36,7 @@ from flows.data import load_data, reassign_groups, validate_data, version_data
 class RetrainResult:
     """What the run did and why it stopped where it did."""
 
-    status: str  # promoted | rejected | unchanged | invalid_data
+    status: str  # promoted | rejected | unchanged | rolled_back | invalid_data
     data_version: str | None
     model: str | None = None
     champion: str | None = None
@@ -109,7 +109,19 @@ def retrain_flow(params_path: Path = Path("params.yaml"), root: Path = Path(".")
     if model.tag == champion:
         note = f"{model.tag} (same data and parameters) is already the champion: nothing to do"
         return RetrainResult("unchanged", version, model.tag, champion, None, (*messages, note))
-    run_dir = artifacts / "gate" / _run_name(version, model.tag, champion)
+    run_dir = artifacts / "gate" / _run_name(version, model.tag, champion, params)
+    earlier = _earlier_verdict(run_dir)
+    if earlier is not None:
+        promote_before, reasons = earlier
+        status = "rejected" if not promote_before else "rolled_back"
+        note = (
+            "the gate already judged this challenger against this champion on this data: "
+            + ("rejected" if not promote_before else "it was promoted and later rolled back")
+            + "; reusing that verdict"
+        )
+        return RetrainResult(
+            status, version, model.tag, champion, run_dir / "report.md", (*messages, note, *reasons)
+        )
     outcome = gate(data_dir, model.tag, params, run_dir)
     promoted = promote(outcome, model.tag)
     status = "promoted" if promoted else "rejected"
@@ -124,6 +136,16 @@ def retrain_flow(params_path: Path = Path("params.yaml"), root: Path = Path(".")
     )
 
 
-def _run_name(version: str, tag: str, champion: str | None) -> str:
-    key = json.dumps([version, tag, champion])
+def _run_name(version: str, tag: str, champion: str | None, params: RunParams) -> str:
+    key = json.dumps([version, tag, champion, params.raw.get("gate")], sort_keys=True)
     return tag.replace(":", "-") + "-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+def _earlier_verdict(run_dir: Path) -> tuple[bool, tuple[str, ...]] | None:
+    """The verdict of an identical earlier gate run (same data, challenger, champion and
+    thresholds), if its report is there."""
+    report = run_dir / "report.json"
+    if not report.exists():
+        return None
+    data = json.loads(report.read_text())
+    return bool(data["promote"]), tuple(data["reasons"])

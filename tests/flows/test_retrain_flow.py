@@ -36,6 +36,9 @@ def test_retrain_gates_reuses_and_never_promotes_a_duplicate(prefect_api, retrai
     assert first.messages  # the reasons are stated
     if first.status == "rejected":
         assert registry.champion() is None  # nothing promoted
+        again = retrain_flow(params_path=root / "params.yaml", root=root)
+        assert (again.status, again.model, again.report) == ("rejected", first.model, first.report)
+        assert any("reusing that verdict" in m for m in again.messages)
         registry.promote(first.model, "accepted by hand for the test")
     log_before = registry.history()
 
