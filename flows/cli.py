@@ -9,6 +9,7 @@
     relayrec promote TAG --why "..."                  move the champion pointer
     relayrec rollback --why "..."                     back to the previous champion
     relayrec history                                  the promotion log
+    relayrec schedule --cron "0 3 * * *"              serve the retraining flow on a schedule
 
 Paths are relative to the current directory (the project root). Exit codes: 0 success,
 1 the data was rejected or is missing, 2 bad usage.
@@ -166,6 +167,35 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schedule(args: argparse.Namespace) -> int:
+    if not os.environ.get("PREFECT_API_URL"):
+        print(
+            "error: scheduling needs a Prefect server (the embedded one cannot schedule).\n"
+            "  start one:  .venv/bin/prefect server start\n"
+            "  then:       export PREFECT_API_URL=http://127.0.0.1:4200/api",
+            file=sys.stderr,
+        )
+        return 2
+    if bool(args.cron) == bool(args.interval):
+        print("error: give exactly one of --cron or --interval", file=sys.stderr)
+        return 2
+    from flows.retrain import retrain_flow
+
+    _say(
+        f"serving deployment relayrec-retrain/{args.name} "
+        f"({'cron ' + args.cron if args.cron else f'every {args.interval} s'}); Ctrl-C stops"
+    )
+    retrain_flow.serve(
+        name=args.name,
+        cron=args.cron or None,
+        interval=args.interval or None,
+        parameters={"params_path": str(Path(args.params).resolve()), "root": str(Path.cwd())},
+        limit=1,  # never two retrains of one project at once (DVC, registry, data/)
+        global_limit=1,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relayrec", description=__doc__.split("\n\n")[0])
     nouns = parser.add_subparsers(dest="noun", required=True)
@@ -229,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     rb.set_defaults(func=cmd_rollback)
     h = nouns.add_parser("history", help="show the promotion log")
     h.set_defaults(func=cmd_history)
+    sc = nouns.add_parser("schedule", help="serve the retraining flow on a schedule")
+    sc.add_argument("--cron", default=None, help='cron string, e.g. "0 3 * * *"')
+    sc.add_argument("--interval", type=int, default=None, help="seconds between runs")
+    sc.add_argument("--params", default="params.yaml")
+    sc.add_argument("--name", default="scheduled")
+    sc.set_defaults(func=cmd_schedule)
     return parser
 
 
