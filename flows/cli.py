@@ -10,6 +10,7 @@
     relayrec rollback --why "..."                     back to the previous champion
     relayrec history                                  the promotion log
     relayrec schedule --cron "0 3 * * *"              serve the retraining flow on a schedule
+    relayrec serve                                    the champion over HTTP (BentoML)
 
 Paths are relative to the current directory (the project root). Exit codes: 0 success,
 1 the data was rejected or is missing, 2 bad usage.
@@ -140,6 +141,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     _say(f"champion:     {result.champion}")
     if result.report:
         _say(f"gate report:  {result.report}")
+    if result.bento:
+        _say(f"bento:        {result.bento} (serve it: bentoml serve {result.bento})")
     _say(f"status:       {result.status} ({time.perf_counter() - t0:.1f} s)")
     return 1 if result.status == "invalid_data" else 0
 
@@ -165,6 +168,22 @@ def cmd_history(args: argparse.Namespace) -> int:
 
     _say(registry.format_history(registry.history()))
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``bentoml serve`` of the ranking service with the current champion (replaces this
+    process)."""
+    from components import registry
+
+    tag = registry.champion()
+    if tag is None:
+        print("error: no champion yet; promote a model first (relayrec promote)", file=sys.stderr)
+        return 1
+    os.environ["RELAYREC_REGISTRY"] = str(registry.registry_dir().resolve())
+    _say(f"serving champion {tag} on http://127.0.0.1:{args.port}")
+    bentoml = str(Path(sys.executable).parent / "bentoml")
+    os.execv(bentoml, [bentoml, "serve", "service:RankService", "--port", str(args.port)])
+    return 0  # not reached
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
@@ -259,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     rb.set_defaults(func=cmd_rollback)
     h = nouns.add_parser("history", help="show the promotion log")
     h.set_defaults(func=cmd_history)
+    sv = nouns.add_parser("serve", help="serve the champion over HTTP (bentoml serve)")
+    sv.add_argument("--port", type=int, default=3000)
+    sv.set_defaults(func=cmd_serve)
     sc = nouns.add_parser("schedule", help="serve the retraining flow on a schedule")
     sc.add_argument("--cron", default=None, help='cron string, e.g. "0 3 * * *"')
     sc.add_argument("--interval", type=int, default=None, help="seconds between runs")

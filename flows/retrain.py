@@ -1,4 +1,4 @@
-"""The retraining flow: load → version → validate → groups → train → gate → promote.
+"""The retraining flow: load → version → validate → groups → train → gate → promote → Bento.
 
 Steps are cached on the data version: a re-run with unchanged data and parameters reuses the
 validated data, finds the already-registered model instead of training, and skips the gate
@@ -20,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components import registry
 from components.io import read_meta
+from components.packaging import build_bento
 from components.params import RunParams, load_params
 from components.retraining import (
     GateOutcome,
@@ -42,6 +43,7 @@ class RetrainResult:
     champion: str | None = None
     report: Path | None = None
     messages: tuple[str, ...] = field(default_factory=tuple)
+    bento: str | None = None
 
 
 @task(name="validate-data-version", cache_policy=NO_CACHE)
@@ -74,6 +76,12 @@ def gate(data_dir: Path, tag: str, params: RunParams, out_dir: Path) -> GateOutc
         key="gate-report", markdown=outcome.report_paths["md"].read_text(), description="gate"
     )
     return outcome
+
+
+@task(name="package-bento", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def package(tag: str) -> str:
+    """Build the serving Bento with the new champion packaged (``bentofile.yaml``)."""
+    return build_bento(tag)
 
 
 @task(name="promote", cache_policy=NO_CACHE)
@@ -124,6 +132,7 @@ def retrain_flow(params_path: Path = Path("params.yaml"), root: Path = Path(".")
         )
     outcome = gate(data_dir, model.tag, params, run_dir)
     promoted = promote(outcome, model.tag)
+    bento = package(model.tag) if promoted else None
     status = "promoted" if promoted else "rejected"
     reasons = tuple(outcome.decision.reasons)
     return RetrainResult(
@@ -133,6 +142,7 @@ def retrain_flow(params_path: Path = Path("params.yaml"), root: Path = Path(".")
         registry.champion(),
         outcome.report_paths["md"],
         (*messages, *reasons),
+        bento,
     )
 
 

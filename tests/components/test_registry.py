@@ -11,8 +11,8 @@ from components import registry
 
 
 @pytest.fixture()
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
+def store(tmp_path: Path) -> Path:
+    """A fresh champion pointer and log; models go to the session's BentoML store."""
     return tmp_path / "registry"
 
 
@@ -24,12 +24,13 @@ def _model(tmp_path: Path, name: str) -> Path:
 
 
 def test_register_promote_rollback_history(tmp_path: Path, store: Path) -> None:
-    assert registry.find_model({"data_version": "v1"}) is None  # empty store
-    a = registry.register_model(_model(tmp_path, "a"), {"data_version": "v1", "params": "p"})
-    b = registry.register_model(_model(tmp_path, "b"), {"data_version": "v2", "params": "p"})
+    key = tmp_path.name  # labels unique to this test: the store is shared by the session
+    assert registry.find_model({"data_version": "v1", "test": key}) is None
+    a = registry.register_model(_model(tmp_path, "a"), {"data_version": "v1", "test": key})
+    b = registry.register_model(_model(tmp_path, "b"), {"data_version": "v2", "test": key})
     assert (registry.model_path(a) / "weights.txt").read_text() == "a"
-    assert registry.find_model({"data_version": "v2"}) == b
-    assert registry.find_model({"data_version": "v9"}) is None
+    assert registry.find_model({"data_version": "v2", "test": key}) == b
+    assert registry.find_model({"data_version": "v9", "test": key}) is None
     assert registry.champion(store) is None
     with pytest.raises(registry.RegistryError, match="no champion yet"):
         registry.rollback("nothing", store)

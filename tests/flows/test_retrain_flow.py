@@ -20,7 +20,6 @@ PARAMS = {
 
 @pytest.fixture()
 def retrain_project(project: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("BENTOML_HOME", str(project / "bentoml"))
     monkeypatch.delenv("RELAYREC_REGISTRY", raising=False)
     (project / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     return project
@@ -63,3 +62,21 @@ def test_corrupt_data_stops_before_training(prefect_api, retrain_project) -> Non
     assert registry.find_model({"data_version": result.data_version}) is None
     summary = pd.read_json(root / "artifacts" / "validation" / "summary.json", typ="series")
     assert summary["success"] is False or summary["success"] == 0
+
+
+def test_blessed_challenger_is_promoted_and_packaged(prefect_api, retrain_project) -> None:
+    """With thresholds any trained model meets, the flow promotes it and builds its Bento."""
+    root = retrain_project
+    lax = {**PARAMS, "gate": {"min_ess": 1, "n_boot": 100, "main_min_uplift": -1.0}}
+    lax["gate"]["aux_tolerance"] = 100.0
+    (root / "params.yaml").write_text(yaml.safe_dump(lax))
+    result = retrain_flow(params_path=root / "params.yaml", root=root)
+    assert result.status == "promoted", result.messages
+    assert registry.champion() == result.model
+    assert result.bento is not None and result.bento.startswith("relayrec_ranker:")
+    import bentoml
+
+    bento = bentoml.get(result.bento)
+    assert [str(m.tag) for m in bento.info.all_models] == [result.model]
+    [entry] = registry.history()
+    assert entry.action == "promote" and entry.why.startswith("gate passed")
