@@ -442,6 +442,37 @@ def track(root: Path, path: str = "data", push: bool = True) -> Version:
     return version
 
 
+def _stamp(target: Path) -> dict[str, list[int]]:
+    """Size and mtime of every file under ``target`` (what DVC's own state cache keys on)."""
+    files = [target] if target.is_file() else sorted(p for p in target.rglob("*") if p.is_file())
+    return {
+        str(p.relative_to(target.parent)): [p.stat().st_size, p.stat().st_mtime_ns] for p in files
+    }
+
+
+def track_if_changed(root: Path, path: str = "data", push: bool = True) -> tuple[Version, bool]:
+    """:func:`track`, skipped when no file under ``path`` changed since the last call.
+
+    ``.dvc/tmp/relayrec-stamp-<path>.json`` records the files' sizes and mtimes with the md5
+    they were tracked as; when they and ``<path>.dvc`` still agree (and the version is on the
+    remote when ``push``), the recorded version is returned without running DVC (two DVC
+    commands cost ~3 s). Returns the version and whether DVC ran.
+    """
+    root = Path(root).resolve()
+    path = path.rstrip("/")
+    stamp_file = root / ".dvc" / "tmp" / f"relayrec-stamp-{path.replace('/', '_')}.json"
+    current = current_version(root, path)
+    if current is not None and stamp_file.exists() and (root / path).exists():
+        seen = json.loads(stamp_file.read_text())
+        same = seen.get("md5") == current.md5 and seen.get("files") == _stamp(root / path)
+        if same and (current.pushed or not push):
+            return current, False
+    version = track(root, path, push=push)
+    stamp_file.parent.mkdir(parents=True, exist_ok=True)
+    stamp_file.write_text(json.dumps({"md5": version.md5, "files": _stamp(root / path)}))
+    return version, True
+
+
 def _workspace_stats(target: Path) -> tuple[int, int]:
     if target.is_file():
         return 1, target.stat().st_size

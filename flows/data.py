@@ -57,8 +57,10 @@ def load_data(
 def version_data(root: Path, data_dir: Path) -> str | None:
     """Record the data set as a DVC version (``data.dvc``) and push it to the remote."""
     rel = data_dir.resolve().relative_to(root.resolve()).as_posix()
-    versioning.ensure_dvc_repo(root)
-    return versioning.track(root, rel, push=True).md5
+    version, ran = versioning.track_if_changed(root, rel, push=True)
+    if not ran:
+        print(f"data unchanged since version {version.md5}: DVC not run")
+    return version.md5
 
 
 @task(name="validate-data")

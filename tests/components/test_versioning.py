@@ -23,6 +23,7 @@ from components.versioning import (
     ensure_dvc_repo,
     repo_lock,
     track,
+    track_if_changed,
 )
 
 MD5_DIR = re.compile(r"^[0-9a-f]{32}\.dir$")
@@ -227,3 +228,18 @@ def test_lock_times_out_with_a_clear_message(repo: Path) -> None:
         t.join()
     with repo_lock(repo, timeout=1):  # released again
         pass
+
+
+def test_track_if_changed_skips_dvc_only_when_nothing_changed(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    root.mkdir()
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    (root / "data").mkdir()
+    (root / "data" / "a.txt").write_text("one")
+    first, ran = track_if_changed(root, "data")
+    assert ran and first.pushed
+    again, ran = track_if_changed(root, "data")
+    assert not ran and again.md5 == first.md5
+    (root / "data" / "a.txt").write_text("two")  # content (and size/mtime) changed
+    changed, ran = track_if_changed(root, "data")
+    assert ran and changed.md5 != first.md5
