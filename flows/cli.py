@@ -181,8 +181,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     os.environ["RELAYREC_REGISTRY"] = str(registry.registry_dir().resolve())
     _say(f"serving champion {tag} on http://127.0.0.1:{args.port}")
+    from components.packaging import PROJECT_DIR
+
     bentoml = str(Path(sys.executable).parent / "bentoml")
-    os.execv(bentoml, [bentoml, "serve", "service:RankService", "--port", str(args.port)])
+    argv = [bentoml, "serve", "service:RankService", "--working-dir", str(PROJECT_DIR)]
+    os.execv(bentoml, [*argv, "--port", str(args.port)])
     return 0  # not reached
 
 
