@@ -46,6 +46,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from _machine import cpu_model  # bench/ is the script's directory
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(ROOT))
@@ -64,14 +66,6 @@ class Load:
 
 LOADS = (Load("1", 1), Load("16", 16), Load("16 new", 16, new_connection=True))
 READY_TIMEOUT_S = 120
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def load_average() -> str:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -40,6 +39,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from _machine import cpu_model  # bench/ is the script's directory
 from torch.utils.data import DataLoader
 
 from components.features import FeatureSpace
@@ -53,14 +53,6 @@ from components.training import (
 )
 from components.world import generate_dataset
 from models.ranker import MultiTaskRanker, RankerConfig, RankerModule, ranker_loss
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def load_demo(data_dir: Path) -> dict[str, Any]:

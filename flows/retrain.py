@@ -90,7 +90,7 @@ def promote(outcome: GateOutcome, tag: str) -> str | None:
     return None if entry is None else entry.to_tag
 
 
-def _reuse_or_load(root: Path, params: RunParams, data_dir: Path) -> tuple[str, ...]:
+def _reuse_or_load(params: RunParams, data_dir: Path) -> tuple[str, ...]:
     d = params.data
     if d["source"] == "world" and (data_dir / "meta.json").exists():
         meta = read_meta(data_dir)
@@ -107,7 +107,7 @@ def retrain_flow(params_path: Path = Path("params.yaml"), root: Path = Path(".")
     root = Path(root)
     params = load_params(params_path)
     data_dir, artifacts = root / "data", root / "artifacts"
-    messages = _reuse_or_load(root, params, data_dir)
+    messages = _reuse_or_load(params, data_dir)
     version = version_data(root, data_dir)
     if not validate_version(data_dir, artifacts / "validation", version):
         return RetrainResult("invalid_data", version, messages=messages)
