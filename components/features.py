@@ -173,6 +173,84 @@ def context_features(hour: Any, position_in_session: Any) -> np.ndarray:
     return np.stack([np.sin(angle), np.cos(angle), np.log1p(p)], axis=-1).astype(np.float32)
 
 
+HISTORY_COLUMNS: tuple[str, ...] = (
+    "watch_s",
+    "last_watch_fraction",
+    "interactions",
+    "hates",
+    "live_entered",
+    "live_skipped",
+)
+"""The session so far, as the world's ``Observation.history`` and the service's request carry
+it: watch seconds, mean watch fraction of the previous request, and counts of interactions
+(like, comment, follow, forward), hates, live streams entered and live streams skipped."""
+
+LIVE_SKIP_MS = 3000.0
+"""A skipped live injection logs exactly this play time (the world's ``skip_seconds``)."""
+
+
+def session_history(requests: pd.DataFrame, impressions: pd.DataFrame) -> pd.DataFrame:
+    """The history each logged request was served with: sums over the *earlier* requests of
+    its session (``HISTORY_COLUMNS``; ``last_watch_fraction`` is the previous request's mean
+    ``play_time_ms / duration_ms``, 0 for the first request and for unknown durations).
+
+    One row per request, indexed by ``request_id``, in the order of ``requests``.
+    """
+    imp = impressions[["request_id"]].copy()
+    play = impressions["play_time_ms"].to_numpy(np.float64)
+    dur = impressions["duration_ms"].to_numpy(np.float64)
+    imp["watch_s"] = play / 1000.0
+    imp["frac"] = np.divide(play, dur, out=np.zeros_like(play), where=dur > 0)
+    imp["interactions"] = sum(
+        impressions[c].to_numpy(np.float64)
+        for c in ("is_like", "is_comment", "is_follow", "is_forward")
+    )
+    imp["hates"] = impressions["is_hate"].to_numpy(np.float64)
+    per = imp.groupby("request_id").agg(
+        watch_s=("watch_s", "sum"),
+        frac=("frac", "mean"),
+        interactions=("interactions", "sum"),
+        hates=("hates", "sum"),
+    )
+    req = requests[["request_id", "session_id", "position_in_session"]].copy()
+    req = req.join(per, on="request_id")
+    injected = requests["live_injected"].to_numpy() == 1 if "live_injected" in requests else 0
+    live_ms = (
+        requests["live_play_time_ms"].to_numpy(np.float64)
+        if "live_play_time_ms" in requests
+        else np.zeros(len(requests))
+    )
+    skipped = injected & np.isclose(live_ms, LIVE_SKIP_MS)
+    req["live_entered"] = (injected & ~skipped).astype(np.float64)
+    req["live_skipped"] = skipped.astype(np.float64)
+    req = req.fillna(0.0)
+    order = req.sort_values(["session_id", "position_in_session"], kind="stable")
+    g = order.groupby("session_id", sort=False)
+    out = pd.DataFrame(index=order["request_id"].to_numpy())
+    for col in ("watch_s", "interactions", "hates", "live_entered", "live_skipped"):
+        out[col] = (g[col].cumsum() - order[col]).to_numpy()
+    out["last_watch_fraction"] = g["frac"].shift(1).fillna(0.0).to_numpy()
+    out.index.name = "request_id"
+    return out.loc[requests["request_id"].to_numpy(), list(HISTORY_COLUMNS)]
+
+
+def history_features(history: Any) -> np.ndarray:
+    """Model inputs from raw history ``(*shape, 6)`` in ``HISTORY_COLUMNS`` order:
+    ``[log1p(watch_s/60), last_watch_fraction, log1p(counts)...]`` as float32; ``None`` or
+    missing values read as an empty history (zeros)."""
+    h = np.nan_to_num(np.asarray(history, dtype=np.float64), nan=0.0)
+    if h.shape[-1] != len(HISTORY_COLUMNS):
+        raise ValueError(
+            f"history must have {len(HISTORY_COLUMNS)} columns {list(HISTORY_COLUMNS)}, "
+            f"got shape {h.shape}"
+        )
+    h = np.clip(h, 0.0, None)
+    out = np.log1p(h)
+    out[..., 0] = np.log1p(h[..., 0] / 60.0)
+    out[..., 1] = np.minimum(h[..., 1], 2.0)
+    return out.astype(np.float32)
+
+
 # ---------------------------------------------------------------------- the space
 
 

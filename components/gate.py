@@ -36,9 +36,12 @@ import numpy as np
 import pandas as pd
 
 from components.evaluation import ASPECTS, per_aspect_ncis, slate_propensities
+from components.features import session_history
+from components.world.policies import call_score
 
-ScoreFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-"""``score(user_ids (B,), item_ids (B, n), hour (B,), position (B,)) -> (B, n)``."""
+ScoreFn = Callable[..., np.ndarray]
+"""``score(user_ids (B,), item_ids (B, n), hour (B,), position (B,)[, history=(B, 6)]) -> (B, n)``
+(a ``history`` parameter receives the session so far, ``features.HISTORY_COLUMNS``)."""
 
 MAIN = "play_time_ms"
 LOWER_IS_BETTER = ("is_hate",)
@@ -120,6 +123,7 @@ class LoggedSlates:
     mask: np.ndarray  # (B, W)
     slate: np.ndarray  # (B, K) column of each logged item in ``items``
     impressions: pd.DataFrame  # the held-out impressions, rows aligned with ``slate.ravel()``
+    history: np.ndarray | None = None  # (B, 6) session so far (features.HISTORY_COLUMNS)
 
 
 def logged_slates(
@@ -157,13 +161,16 @@ def logged_slates(
         mask=mask,
         slate=slate,
         impressions=imp,
+        history=session_history(requests, impressions).loc[request_ids].to_numpy(),
     )
 
 
 def target_propensities(score: ScoreFn, temperature: float, slates: LoggedSlates) -> np.ndarray:
     """A policy's position-wise probability of every logged impression (row order of
     ``slates.impressions``)."""
-    s = score(slates.user_id, slates.items, slates.hour, slates.position)
+    s = call_score(
+        score, slates.user_id, slates.items, slates.hour, slates.position, slates.history
+    )
     s = np.where(slates.mask, s, 0.0)
     return slate_propensities(s, slates.slate, temperature, candidate_mask=slates.mask).ravel()
 

@@ -11,6 +11,7 @@
     relayrec history                                  the promotion log
     relayrec schedule --cron "0 3 * * *"              serve the retraining flow on a schedule
     relayrec serve                                    the champion over HTTP (BentoML)
+    relayrec experiment mmrf --seeds 3                every ranking method → docs/results/mmrf.md
 
 Paths are relative to the current directory (the project root). Exit codes: 0 success,
 1 the data was rejected or is missing, 2 bad usage.
@@ -218,6 +219,43 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from components.experiments import (
+        ExperimentConfig,
+        parse_methods,
+        run_experiment,
+        write_results,
+    )
+
+    data_dir = Path(args.data_dir)
+    if not (data_dir / "meta.json").exists():
+        _say(f"no data set in {data_dir}: generating world data (preset demo, seed 0) first")
+        if cmd_generate(
+            argparse.Namespace(preset="demo", seed=0, data_dir=str(data_dir), no_version=True)
+        ):
+            return 1
+    config = ExperimentConfig(
+        methods=tuple(parse_methods(args.methods)), seeds=tuple(range(args.seeds))
+    )
+    if args.agent_epochs:
+        config = replace(config, agents=replace(config.agents, epochs=args.agent_epochs))
+    command = "relayrec experiment mmrf " + " ".join(args.argv_rest)
+    _say(f"MMRF experiment: {len(config.methods)} methods × {args.seeds} seed(s) on {data_dir}")
+    t0 = time.perf_counter()
+    long = run_experiment(data_dir, config, progress=_say)
+    from components.io import read_meta
+
+    meta = read_meta(data_dir)
+    source = f"{meta.source} ({meta.preset or ''}, seed {meta.seed})"
+    paths = write_results(long, args.out, command.strip(), source)
+    _say(
+        f"done in {time.perf_counter() - t0:.0f} s: {paths['md']} ({paths['csv']}, {paths['png']})"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relayrec", description=__doc__.split("\n\n")[0])
     nouns = parser.add_subparsers(dest="noun", required=True)
@@ -290,6 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--params", default="params.yaml")
     sc.add_argument("--name", default="scheduled")
     sc.set_defaults(func=cmd_schedule)
+    ex = nouns.add_parser("experiment", help="research experiments (mmrf: every ranking method)")
+    ex.add_argument("name", choices=["mmrf"])
+    ex.add_argument("--seeds", type=int, default=3, help="training/rollout seeds 0..N-1")
+    ex.add_argument("--data-dir", default="data")
+    ex.add_argument("--methods", default=None, help="comma-separated subset (default: all)")
+    ex.add_argument("--agent-epochs", type=int, default=None, help="epochs per round (agents)")
+    ex.add_argument("--out", default="docs/results")
+    ex.set_defaults(func=cmd_experiment)
     return parser
 
 
@@ -297,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key, value in TELEMETRY_OFF.items():
         os.environ.setdefault(key, value)
     args = build_parser().parse_args(argv)
+    args.argv_rest = list(argv if argv is not None else sys.argv[1:])[2:]
     from components.io import DataError
     from components.registry import RegistryError
 

@@ -73,6 +73,7 @@ from components.schema import FEEDBACK_FLAGS
 
 if TYPE_CHECKING:
     from components.features import FeatureSpace
+    from models.baselines import DeepFMRanker, WideDeepRanker
 
 try:  # torchmetrics comes with lightning, but the module works without it
     from torchmetrics.classification import BinaryAUROC
@@ -81,6 +82,9 @@ except ImportError:  # pragma: no cover - exercised only where torchmetrics is a
 
 ASPECTS: tuple[str, ...] = FEEDBACK_FLAGS
 """The binary aspects, one logit each, in this order (KuaiRand's column names)."""
+
+ARCHITECTURES: tuple[str, ...] = ("mlp", "wide_deep", "deepfm")
+"""The networks ``RankerConfig.architecture`` chooses from (see :meth:`RankerConfig.create`)."""
 
 
 # --------------------------------------------------------------------------- config
@@ -94,6 +98,17 @@ def _default_aspect_weights() -> dict[str, float]:
 class RankerConfig:
     """Every knob of the multi-task ranker, with the defaults used for the demo data set.
 
+    Architecture
+        ``architecture`` ("mlp"): the network :meth:`create` builds, one of
+        :data:`ARCHITECTURES`. ``"mlp"``: :class:`MultiTaskRanker` (the towers and shared
+        MLP above). ``"wide_deep"``: :class:`models.baselines.WideDeepRanker`, Wide & Deep
+        (Cheng et al. 2016); ``id_embedding_dim``, ``tag_embedding_dim`` and
+        ``hidden_sizes`` size its deep part, ``tower_dim`` is not used. ``"deepfm"``:
+        :class:`models.baselines.DeepFMRanker`, DeepFM (Guo et al. 2017); every field is
+        embedded to ``k = tower_dim`` dims, ``id_embedding_dim`` / ``tag_embedding_dim``
+        only switch the id / tag fields on (> 0) or off (0), ``hidden_sizes`` sizes its
+        deep part. All three have the same heads, loss, optimiser and serving score, so
+        the other knobs mean the same for each.
     Model
         ``tower_dim`` (32): width of the user and item towers' output ``T``.
         ``id_embedding_dim`` (16): per-user and per-item id embeddings (0: features only).
@@ -131,8 +146,15 @@ class RankerConfig:
     play_weight: float = 1.0
     score_aspect_weights: Mapping[str, float] = field(default_factory=dict)
     temperature: float = 20.0
+    architecture: str = "mlp"
 
     def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"RankerConfig.architecture must be one of {list(ARCHITECTURES)}, got "
+                f"{self.architecture!r}: 'mlp' is the multi-task ranker, 'wide_deep' Wide & "
+                "Deep (Cheng et al. 2016), 'deepfm' DeepFM (Guo et al. 2017)"
+            )
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
         weights = {**_default_aspect_weights(), **dict(self.aspect_weights)}
         object.__setattr__(self, "aspect_weights", weights)
@@ -201,9 +223,18 @@ class RankerConfig:
 
     # ---------------------------------------------------------------- factory
 
-    def create(self, feature_space: FeatureSpace) -> MultiTaskRanker:
-        """A freshly initialised :class:`MultiTaskRanker` over ``feature_space``."""
-        return MultiTaskRanker(
+    def create(
+        self, feature_space: FeatureSpace
+    ) -> MultiTaskRanker | WideDeepRanker | DeepFMRanker:
+        """A freshly initialised network of ``architecture`` over ``feature_space``:
+        :class:`MultiTaskRanker` or one of ``models.baselines``' networks, which take the
+        same arguments."""
+        net_class: type[MultiTaskRanker | WideDeepRanker | DeepFMRanker] = MultiTaskRanker
+        if self.architecture != "mlp":
+            from models.baselines import DeepFMRanker, WideDeepRanker  # imports this module
+
+            net_class = {"wide_deep": WideDeepRanker, "deepfm": DeepFMRanker}[self.architecture]
+        return net_class(
             user_table=torch.as_tensor(feature_space.user_table),
             item_table=torch.as_tensor(feature_space.item_table),
             item_tag=torch.as_tensor(feature_space.item_tag),

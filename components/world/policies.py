@@ -20,6 +20,7 @@ Scores are higher-is-better; ranking samples
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -259,12 +260,36 @@ class FixedLivePolicy(Policy):
         return LiveDecision(inject, np.where(inject, self.rate, 1.0 - self.rate))
 
 
+def accepts_history(score: Callable[..., np.ndarray]) -> bool:
+    """Whether a scoring function takes the session history (a ``history`` parameter)."""
+    try:
+        return "history" in inspect.signature(score).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+
+
+def call_score(
+    score: Callable[..., np.ndarray],
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    hour: np.ndarray,
+    position: np.ndarray,
+    history: np.ndarray | None,
+) -> np.ndarray:
+    """``score(user_ids, item_ids, hour, position[, history=...])``: the history (``(B, 6)``,
+    ``HISTORY_COLUMNS``) goes only to functions that declare it."""
+    if history is not None and accepts_history(score):
+        return np.asarray(score(user_ids, item_ids, hour, position, history=history), float)
+    return np.asarray(score(user_ids, item_ids, hour, position), dtype=float)
+
+
 class ScoredRankingPolicy(Policy):
     """Ranks with any scoring function (e.g. a trained model), Plackett–Luce at ``temperature``.
 
-    ``score(user_ids (B,), item_ids (B, n), hour (B,), position (B,)) -> (B, n)``; every other
-    decision stays the logging policy's. This is how a trained ranker is A/B-tested in the
-    world.
+    ``score(user_ids (B,), item_ids (B, n), hour (B,), position (B,)[, history=(B, 6)]) ->
+    (B, n)``: a function with a ``history`` parameter also gets the session so far
+    (``Observation.history``). Every other decision stays the logging policy's. This is how a
+    trained ranker is A/B-tested in the world.
     """
 
     random_share = 0.0
@@ -283,4 +308,4 @@ class ScoredRankingPolicy(Policy):
     def rank_scores(
         self, obs: Observation, items: np.ndarray, world: World, rng: np.random.Generator
     ) -> np.ndarray:
-        return np.asarray(self._score(obs.user_id, items, obs.hour, obs.position), dtype=float)
+        return call_score(self._score, obs.user_id, items, obs.hour, obs.position, obs.history)

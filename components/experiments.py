@@ -1,0 +1,371 @@
+"""The MMRF experiment: every ranking method on the same logs, offline and in the world.
+
+``relayrec experiment mmrf --seeds 3`` trains, per seed, the supervised baselines (behaviour
+cloning = the multi-task ranker, Wide & Deep, DeepFM), TSCAC, MMRF and its ablations
+(MMRF-CO, MMRF-DA, MMRF-NS) on the training days of one data set, and scores each on the
+held-out day:
+
+- GAUC per aspect (the paper's Table 1): the method's score for that aspect against the
+  logged label, per user (``components.evaluation.gauc``). Supervised models use their
+  aspect probability; agents their aspect agent's action (the Hate agent's action is a
+  "no hate" score, so its negative is used). WatchTime's label is ``play_time_ms`` above
+  the held-out day's median, scored by the ranking score.
+- NCIS per aspect (item-wise Plackett–Luce propensities over the logged candidates, as the
+  gate computes them; ``components.gate``);
+- when the data came from the world, the true online value from ``World.rollout`` of a
+  fresh day: session watch time, depth and aspect totals per session, and the OPE error
+  ``NCIS − true`` of watch time per impression.
+
+Results are returned long (one row per method, seed, metric) and summarised as mean ± std
+over seeds by :func:`write_results` (markdown, CSV, plot).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from components.agent_data import AGENTS
+from components.agents import TrainedAgents, train_agents, with_variant
+from components.evaluation import gauc, per_aspect_ncis
+from components.gate import logged_slates, target_propensities
+from components.io import read_meta, read_table
+from components.training import split_by_day, train_ranker
+from models.mmrf import AgentsConfig
+from models.ranker import ASPECTS, RankerConfig
+
+SUPERVISED = {"bc": "mlp", "wide_deep": "wide_deep", "deepfm": "deepfm"}
+AGENT_METHODS = ("tscac", "mmrf_co", "mmrf_da", "mmrf_ns", "mmrf")
+METHODS: tuple[str, ...] = (*SUPERVISED, *AGENT_METHODS)
+TABLE_ASPECTS: tuple[str, ...] = (
+    "is_click",
+    "is_like",
+    "is_follow",
+    "is_comment",
+    "is_hate",
+    "long_view",
+    "watch_time",
+)
+"""The paper's Table 1 columns, in its order."""
+
+TABLES = ("users", "items", "requests", "impressions", "non_impressions", "pools")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """What the experiment runs: methods, seeds, model configs, evaluation settings."""
+
+    methods: tuple[str, ...] = METHODS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    ranker: RankerConfig = field(default_factory=lambda: RankerConfig(temperature=10.0))
+    agents: AgentsConfig = field(default_factory=AgentsConfig)
+    holdout_days: int = 1
+    ncis_cap: float = 10.0
+    n_boot: int = 200
+    rollout_days: int = 1
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.methods) - set(METHODS))
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+        if not self.seeds:
+            raise ValueError("the experiment needs at least one seed")
+
+
+Policy = Any  # TrainedRanker | TrainedAgents
+
+
+def aspect_scores(model: Policy, holdout: pd.DataFrame, history: np.ndarray) -> dict[str, Any]:
+    """Per held-out impression, the method's score for every Table-1 aspect (higher = more
+    of the aspect)."""
+    users = holdout["user_id"].to_numpy()
+    items = holdout["item_id"].to_numpy()
+    hour = holdout["hour"].to_numpy()
+    pos = holdout["position_in_session"].to_numpy()
+    if isinstance(model, TrainedAgents):
+        a = model.actions(users, items[:, None], hour, pos, history)[:, 0, :]
+        out = {agent: a[:, j] for j, agent in enumerate(AGENTS) if agent != "watch_time"}
+        out["is_hate"] = -out["is_hate"]
+        out["watch_time"] = a[:, 0]
+        return out
+    pred = model.predict(users, items, hour, pos)
+    out = {a: pred.aspect_probs[:, k] for k, a in enumerate(ASPECTS)}
+    out["watch_time"] = pred.score
+    return out
+
+
+def offline_metrics(
+    model: Policy,
+    tables: Mapping[str, pd.DataFrame],
+    holdout_ids: np.ndarray,
+    config: ExperimentConfig,
+    seed: int,
+) -> dict[str, float]:
+    """GAUC and NCIS per aspect on the held-out requests."""
+    from components.features import session_history
+
+    slates = logged_slates(tables["requests"], tables["impressions"], tables["pools"], holdout_ids)
+    imp = slates.impressions.merge(
+        tables["requests"][["request_id", "hour", "position_in_session"]], on="request_id"
+    )
+    hist = session_history(tables["requests"], tables["impressions"])
+    history = hist.loc[imp["request_id"].to_numpy()].to_numpy()
+    scores = aspect_scores(model, imp, history)
+    out: dict[str, float] = {}
+    labels = {a: imp[a].to_numpy() for a in TABLE_ASPECTS if a != "watch_time"}
+    play = imp["play_time_ms"].to_numpy()
+    labels["watch_time"] = (play > np.median(play)).astype(np.int64)
+    for a in TABLE_ASPECTS:
+        out[f"gauc_{a}"] = gauc(labels[a], scores[a], imp["user_id"].to_numpy()).value
+    pi = target_propensities(model.score, model.temperature, slates)
+    table = per_aspect_ncis(
+        slates.impressions, pi, cap=config.ncis_cap, n_boot=config.n_boot, seed=seed
+    ).set_index("aspect")
+    for a in TABLE_ASPECTS:
+        key = "play_time_ms" if a == "watch_time" else a
+        value = float(table.loc[key, "value"])
+        out[f"ncis_{a}"] = value / 1000.0 if a == "watch_time" else value
+    out["ncis_ess"] = float(table.loc["play_time_ms", "ess"])
+    out["logging_ncis_watch_time"] = float(table.loc["play_time_ms", "baseline_value"]) / 1000
+    return out
+
+
+def true_metrics(world: Any, policy: Any, seed: int, days: int) -> dict[str, float]:
+    """``World.rollout`` of ``policy``: session watch time, depth and aspects per session."""
+    s = world.rollout(policy, seed=seed, days=days).summary()
+    k = world.config.funnel.slate_size
+    out = {
+        "true_session_watch_s": s["session_watch_time_s"],
+        "true_depth": s["depth"],
+        "true_watch_per_impression_s": s["session_watch_time_s"] / (s["depth"] * k),
+        "true_retention": s["retention"],
+    }
+    for a in ("click", "like", "follow", "comment", "hate", "long_view"):
+        out[f"true_{a}_per_session"] = s[f"{a}_per_session"]
+    return out
+
+
+def train_method(
+    method: str,
+    tables: Mapping[str, pd.DataFrame],
+    config: ExperimentConfig,
+    seed: int,
+    labeller_factory: Callable[[], Any],
+) -> Policy:
+    """Train one method on the training days."""
+    if method in SUPERVISED:
+        from dataclasses import replace
+
+        rc = replace(config.ranker, architecture=SUPERVISED[method])
+        return train_ranker(tables, rc, seed=seed, holdout_days=config.holdout_days)
+    agents_config = with_variant(config.agents, method)
+    labeller = labeller_factory() if agents_config.non_impressions == "simulated" else None
+    return train_agents(
+        tables,
+        agents_config,
+        seed=seed,
+        holdout_days=config.holdout_days,
+        labeller=labeller,
+        name=method,
+    )
+
+
+def run_experiment(
+    data_dir: str | Path,
+    config: ExperimentConfig,
+    progress: Callable[[str], None] = print,
+) -> pd.DataFrame:
+    """Every method × seed: train, score offline, and (world data) roll out. Long format:
+    columns ``method, seed, metric, value``."""
+    from components.simulator import SimulatorLabeller, fit_simulator
+    from components.world import LoggingPolicy, ScoredRankingPolicy, World, WorldConfig
+
+    meta = read_meta(data_dir)
+    tables = {t: read_table(data_dir, t) for t in TABLES if t in meta.tables}
+    missing = [t for t in ("pools", "non_impressions") if t not in tables]
+    if missing:
+        raise ValueError(
+            f"the MMRF experiment needs the {missing} table(s) (logged candidates for NCIS "
+            f"and non-impressions for the simulator); {meta.source} data lacks them"
+        )
+    split = split_by_day(tables["requests"], config.holdout_days)
+    holdout = np.asarray(split.holdout_request_ids)
+    world = (
+        World(WorldConfig.from_dict(meta.params["world"]), seed=meta.seed)
+        if meta.source == "world"
+        else None
+    )
+    rows: list[dict[str, Any]] = []
+
+    def add(method: str, seed: int, metrics: Mapping[str, float]) -> None:
+        rows.extend(
+            {"method": method, "seed": seed, "metric": k, "value": float(v)}
+            for k, v in metrics.items()
+        )
+
+    for seed in config.seeds:
+        sim_cache: dict[str, Any] = {}
+
+        def labeller(seed: int = seed, cache: dict[str, Any] = sim_cache) -> Any:
+            if "sim" not in cache:
+                t0 = time.perf_counter()
+                cache["sim"] = fit_simulator(
+                    tables, seed=seed, request_ids=np.asarray(split.train_request_ids)
+                )
+                progress(f"  seed {seed}: simulator fitted in {time.perf_counter() - t0:.0f} s")
+            return SimulatorLabeller(cache["sim"], tables, seed=seed)
+
+        if world is not None:
+            add("logging", seed, true_metrics(world, LoggingPolicy(), 1000 + seed, 1))
+        for method in config.methods:
+            t0 = time.perf_counter()
+            model = train_method(method, tables, config, seed, labeller)
+            fit_s = time.perf_counter() - t0
+            metrics = offline_metrics(model, tables, holdout, config, seed)
+            metrics["fit_seconds"] = fit_s
+            if world is not None:
+                policy = ScoredRankingPolicy(model.score, model.temperature, name=method)
+                metrics |= true_metrics(world, policy, 1000 + seed, config.rollout_days)
+                metrics["ope_error_watch_per_impression_s"] = (
+                    metrics["ncis_watch_time"] - metrics["true_watch_per_impression_s"]
+                )
+            add(method, seed, metrics)
+            true_watch = metrics.get("true_session_watch_s", float("nan"))
+            progress(
+                f"  seed {seed} {method:>9}: fit {fit_s:5.0f} s, GAUC watch "
+                f"{metrics['gauc_watch_time']:.4f}, NCIS watch {metrics['ncis_watch_time']:.2f} "
+                f"s/impression, true session watch {true_watch:.0f} s"
+            )
+    return pd.DataFrame(rows)
+
+
+def summarise(long: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds: one row per method, columns ``<metric>`` and
+    ``<metric>_std``, methods in ``METHODS`` order (the logging policy first)."""
+    g = long.groupby(["method", "metric"])["value"]
+    mean = g.mean().unstack("metric")
+    std = g.std(ddof=1).unstack("metric").fillna(0.0).add_suffix("_std")
+    out = mean.join(std)
+    order = [m for m in ("logging", *METHODS) if m in out.index]
+    return out.loc[order]
+
+
+def _pm(s: pd.DataFrame, method: str, metric: str, fmt: str) -> str:
+    if metric not in s.columns or pd.isna(s.loc[method, metric]):
+        return "–"
+    return f"{s.loc[method, metric]:{fmt}} ± {s.loc[method, metric + '_std']:{fmt}}"
+
+
+def render_markdown(long: pd.DataFrame, command: str, source: str) -> str:
+    """The results page: Table 1 (GAUC, NCIS per aspect) and the world's true values."""
+    s = summarise(long)
+    seeds = sorted(long["seed"].unique())
+    methods = [m for m in METHODS if m in s.index]
+    lines = [
+        "# MMRF experiment: ranking methods offline and in the world",
+        "",
+        f"Produced by `{command}` on {source} data; mean ± std over seeds {seeds} "
+        "(training seeds; each seed also rolls the world out with its own seed).",
+        "",
+        "## Table 1 layout: GAUC and NCIS per aspect on the held-out day",
+        "",
+        "NCIS: item-wise Plackett–Luce propensities over the logged candidates, cap "
+        "10; aspects are rates per impression, WatchTime seconds per impression.",
+        "",
+        "| method | " + " | ".join(f"{a} GAUC | {a} NCIS" for a in TABLE_ASPECTS) + " |",
+        "|---|" + "---|---|" * len(TABLE_ASPECTS),
+    ]
+    for m in methods:
+        cells = []
+        for a in TABLE_ASPECTS:
+            cells.append(_pm(s, m, f"gauc_{a}", ".4f"))
+            cells.append(_pm(s, m, f"ncis_{a}", ".4g"))
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    if "true_session_watch_s" in s.columns:
+        lines += [
+            "",
+            "## True online value (World.rollout, one fresh day per seed)",
+            "",
+            "| method | session watch time (s) | depth | watch / impression (s) | "
+            "NCIS watch / impression (s) | NCIS − true (s) | likes / session | "
+            "comments / session | hates / session | fit (s) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for m in ["logging", *methods]:
+            if m not in s.index:
+                continue
+            lines.append(
+                f"| {m} | {_pm(s, m, 'true_session_watch_s', '.0f')} | "
+                f"{_pm(s, m, 'true_depth', '.2f')} | "
+                f"{_pm(s, m, 'true_watch_per_impression_s', '.1f')} | "
+                f"{_pm(s, m, 'ncis_watch_time', '.1f')} | "
+                f"{_pm(s, m, 'ope_error_watch_per_impression_s', '.1f')} | "
+                f"{_pm(s, m, 'true_like_per_session', '.2f')} | "
+                f"{_pm(s, m, 'true_comment_per_session', '.2f')} | "
+                f"{_pm(s, m, 'true_hate_per_session', '.3f')} | "
+                f"{_pm(s, m, 'fit_seconds', '.0f')} |"
+            )
+        ranked = s.loc[methods, "true_session_watch_s"].sort_values(ascending=False)
+        lines += [
+            "",
+            "Order by true session watch time: "
+            + " > ".join(f"{m} ({v:.0f})" for m, v in ranked.items()),
+        ]
+    ranked_ncis = s.loc[methods, "ncis_watch_time"].sort_values(ascending=False)
+    lines += [
+        "",
+        "Order by WatchTime NCIS: " + " > ".join(f"{m} ({v:.1f})" for m, v in ranked_ncis.items()),
+        "",
+        "Raw per-seed values: `mmrf.csv`; plot: `mmrf.png`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(
+    long: pd.DataFrame, out_dir: str | Path, command: str, source: str
+) -> dict[str, Path]:
+    """``mmrf.md``, ``mmrf.csv`` (long, per seed) and ``mmrf.png`` under ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"md": out / "mmrf.md", "csv": out / "mmrf.csv", "png": out / "mmrf.png"}
+    long.to_csv(paths["csv"], index=False, float_format="%.6g")
+    paths["md"].write_text(render_markdown(long, command, source))
+    _plot(summarise(long), paths["png"])
+    return paths
+
+
+def _plot(s: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = "true_session_watch_s" if "true_session_watch_s" in s.columns else "ncis_watch_time"
+    label = (
+        "true session watch time (s)"
+        if metric == "true_session_watch_s"
+        else "NCIS watch time / impression (s)"
+    )
+    s = s[s[metric].notna()]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    x = np.arange(len(s))
+    ax.bar(x, s[metric], yerr=s[metric + "_std"], capsize=3, color="tab:blue")
+    ax.set_xticks(x, s.index, rotation=30, ha="right")
+    ax.set_ylabel(label)
+    ax.set_title("MMRF experiment: mean ± std over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parse_methods(text: str | None) -> Sequence[str]:
+    """``"bc,mmrf"`` → ``("bc", "mmrf")``; ``None`` → every method."""
+    if not text:
+        return METHODS
+    return tuple(m.strip() for m in text.split(",") if m.strip())
