@@ -265,7 +265,7 @@ def _pm(s: pd.DataFrame, method: str, metric: str, fmt: str) -> str:
 def render_markdown(long: pd.DataFrame, command: str, source: str) -> str:
     """The results page: Table 1 (GAUC, NCIS per aspect) and the world's true values."""
     s = summarise(long)
-    seeds = sorted(long["seed"].unique())
+    seeds = sorted(int(x) for x in long["seed"].unique())
     methods = [m for m in METHODS if m in s.index]
     lines = [
         "# MMRF experiment: ranking methods offline and in the world",
