@@ -12,6 +12,7 @@
     relayrec schedule --cron "0 3 * * *"              serve the retraining flow on a schedule
     relayrec serve                                    the champion over HTTP (BentoML)
     relayrec experiment mmrf --seeds 3                every ranking method → docs/results/mmrf.md
+    relayrec experiment simulator                     simulator accuracy → docs/results/simulator.md
 
 Paths are relative to the current directory (the project root). Exit codes: 0 success,
 1 the data was rejected or is missing, 2 bad usage.
@@ -220,6 +221,8 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
+    if args.name == "simulator":
+        return _simulator_experiment(args)
     from dataclasses import replace
 
     from components.experiments import (
@@ -253,6 +256,39 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     _say(
         f"done in {time.perf_counter() - t0:.0f} s: {paths['md']} ({paths['csv']}, {paths['png']})"
     )
+    return 0
+
+
+def _simulator_experiment(args: argparse.Namespace) -> int:
+    """World data (generated if missing) and, when present, the real KuaiRand log."""
+    import tempfile
+
+    from components.experiments import render_simulator_markdown, simulator_report
+    from components.kuairand import import_kuairand
+    from components.world.config import find_kuairand_dir
+
+    data_dir = Path(args.data_dir)
+    if not (data_dir / "meta.json").exists():
+        _say(f"no data set in {data_dir}: generating world data (preset demo, seed 0) first")
+        if cmd_generate(
+            argparse.Namespace(preset="demo", seed=0, data_dir=str(data_dir), no_version=True)
+        ):
+            return 1
+    reports = {"world": simulator_report(data_dir)}
+    _say(f"world: held-out click AUC {reports['world']['auc']['is_click']:.4f}")
+    kdir = Path(args.kuairand_dir) if args.kuairand_dir else find_kuairand_dir()
+    if kdir is not None and any(Path(kdir).glob("log_*.csv")):
+        with tempfile.TemporaryDirectory() as tmp:
+            import_kuairand(kdir, tmp)
+            reports["KuaiRand"] = simulator_report(tmp)
+        _say(f"KuaiRand: held-out click AUC {reports['KuaiRand']['auc']['is_click']:.4f}")
+    else:
+        _say("no KuaiRand log found: world data only")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "relayrec experiment simulator " + " ".join(args.argv_rest)
+    (out / "simulator.md").write_text(render_simulator_markdown(reports, command.strip()))
+    _say(f"written {out / 'simulator.md'}")
     return 0
 
 
@@ -329,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--name", default="scheduled")
     sc.set_defaults(func=cmd_schedule)
     ex = nouns.add_parser("experiment", help="research experiments (mmrf: every ranking method)")
-    ex.add_argument("name", choices=["mmrf"])
+    ex.add_argument("name", choices=["mmrf", "simulator"])
+    ex.add_argument("--kuairand-dir", default=None, help="simulator: KuaiRand files (auto)")
     ex.add_argument("--seeds", type=int, default=3, help="training/rollout seeds 0..N-1")
     ex.add_argument("--data-dir", default="data")
     ex.add_argument("--methods", default=None, help="comma-separated subset (default: all)")

@@ -95,3 +95,29 @@ def test_experiment_rejects_unknown_method(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="unknown method"):
         ExperimentConfig(methods=("bc", "nope"))
+
+
+def test_simulator_report_table_has_one_cell_per_column() -> None:
+    from components.experiments import render_simulator_markdown
+
+    aspects = {"is_click": 0.7, "long_view": 0.8}
+    world = {
+        "source": "world (tiny, seed 0)",
+        "auc": aspects,
+        "gauc": aspects,
+        "bayes_auc": aspects,
+        "prob_mae": {"impressions": aspects, "non_impressions": aspects},
+        "play": {"rmse_s": 1.0, "mae_s": 0.5, "mean_expected_s": 2.0, "mean_logged_s": 2.1},
+        "uncertainty": {"impressions": 0.01},
+        "fit_seconds": 3.0,
+    }
+    real = {k: v for k, v in world.items() if k not in ("bayes_auc", "prob_mae")}
+    md = render_simulator_markdown({"world": world, "KuaiRand": real}, "cmd")
+    rows = [line for line in md.splitlines() if line.startswith("|")]
+    widths = {
+        line.count("|") for line in rows if "Bayes" in line or "0.7000 | 0.7000 | 0.7" in line
+    }
+    assert widths == {7}  # 6 columns with the truth, header, separator and rows alike
+    assert "| is_click | 0.7000 | 0.7000 |" in md and "Fit 3 s" in md
+    for line in rows:
+        assert line.count("|") in (4, 7)
