@@ -14,7 +14,6 @@ not depend on how the simulator is built; ``components.simulator`` provides the 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,6 +32,7 @@ from components.agent_data import (
 )
 from components.features import FeatureSpace, context_features, history_features
 from components.io import read_table
+from components.model_files import read_model_files, save_model_files
 from components.training import (
     IndexBatches,
     _lightning_context,
@@ -43,6 +43,7 @@ from components.training import (
 from models.mmrf import AgentsConfig, AgentsModule, Critics, Encoder, RankingAgents
 
 SCORE_CHUNK = 65_536
+FILES = ("agents.pt", "agents.json")
 
 
 class NonImpressionLabeller(Protocol):
@@ -162,49 +163,25 @@ class TrainedAgents:
 
     def save(self, path: str | Path) -> Path:
         """``<path>/agents.pt`` (tensors only) and ``<path>/agents.json``."""
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
-        arrays, meta = self.feature_space.to_state()
-        torch.save(
-            {
-                "state_dict": self.state_dict,
-                "feature_arrays": {k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()},
-            },
-            out / "agents.pt",
-        )
-        doc = {
-            "kind": "ranking_agents",
+        meta = {
+            "model": "models.mmrf.RankingAgents",
             "name": self.name,
             "config": self.config.to_dict(),
-            "feature_meta": meta,
-            "metrics": _jsonable(self.metrics),
+            "metrics": self.metrics,
         }
-        (out / "agents.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-        return out
+        return save_model_files(path, FILES, self.state_dict, self.feature_space, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> TrainedAgents:
-        p = Path(path)
-        doc = json.loads((p / "agents.json").read_text())
-        blob = torch.load(p / "agents.pt", weights_only=True)
-        arrays = {k: v.numpy() for k, v in blob["feature_arrays"].items()}
+        """Read what :meth:`save` wrote (``torch.load(..., weights_only=True)``)."""
+        f = read_model_files(path, FILES, "set of ranking agents", "TrainedAgents.save")
         return cls(
-            state_dict=blob["state_dict"],
-            config=AgentsConfig.from_dict(doc["config"]),
-            feature_space=FeatureSpace.from_state(arrays, doc["feature_meta"]),
-            name=doc.get("name", "mmrf"),
-            metrics=doc.get("metrics", {}),
+            state_dict=f.state_dict,
+            config=AgentsConfig.from_dict(f.meta["config"]),
+            feature_space=f.feature_space,
+            name=f.meta.get("name", "mmrf"),
+            metrics=f.meta.get("metrics", {}),
         )
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.generic):
-        return x.item()
-    return x
 
 
 def _policy_ratio_weights(
@@ -212,8 +189,9 @@ def _policy_ratio_weights(
 ) -> pd.DataFrame:
     """Per logged impression ``w = clip(π_0(i|s)·K / β(i|s))`` normalised to mean 1, where
     ``π_0`` is the WatchTime policy over the request's training candidates and ``β`` the
-    logged position-wise propensity (a first-order ratio; for the simulator refit only)."""
-    t = _tensors(data)
+    logged position-wise propensity (a first-order ratio; for the simulator refit only).
+    ``data`` is the round's data, whose tensors the module holds (``module.data``)."""
+    t = module.data
     module.eval()
     with torch.inference_mode():
         probs = []

@@ -34,7 +34,7 @@ import pandas as pd
 from components.agent_data import AGENTS
 from components.agents import TrainedAgents, train_agents, with_variant
 from components.evaluation import gauc, per_aspect_ncis
-from components.gate import logged_slates, target_propensities
+from components.gate import LoggedSlates, logged_slates, target_propensities
 from components.io import read_meta, read_table
 from components.training import split_by_day, train_ranker
 from models.mmrf import AgentsConfig
@@ -100,23 +100,31 @@ def aspect_scores(model: Policy, holdout: pd.DataFrame, history: np.ndarray) -> 
     return out
 
 
+@dataclass(frozen=True, eq=False)
+class HeldOut:
+    """The held-out requests, rebuilt once for every method: the logged slates (as the gate
+    sees them), their impressions with ``hour`` and ``position_in_session``, and each
+    impression's session history (its request's ``slates.history`` row)."""
+
+    slates: LoggedSlates
+    impressions: pd.DataFrame
+    history: np.ndarray
+
+
+def held_out(tables: Mapping[str, pd.DataFrame], holdout_ids: np.ndarray) -> HeldOut:
+    slates = logged_slates(tables["requests"], tables["impressions"], tables["pools"], holdout_ids)
+    context = tables["requests"][["request_id", "hour", "position_in_session"]]
+    imp = slates.impressions.merge(context, on="request_id", how="left", validate="many_to_one")
+    k = slates.slate.shape[1]  # impressions are aligned with slate.ravel(): K rows a request
+    return HeldOut(slates, imp, np.repeat(slates.history, k, axis=0))
+
+
 def offline_metrics(
-    model: Policy,
-    tables: Mapping[str, pd.DataFrame],
-    holdout_ids: np.ndarray,
-    config: ExperimentConfig,
-    seed: int,
+    model: Policy, held: HeldOut, config: ExperimentConfig, seed: int
 ) -> dict[str, float]:
     """GAUC and NCIS per aspect on the held-out requests."""
-    from components.features import session_history
-
-    slates = logged_slates(tables["requests"], tables["impressions"], tables["pools"], holdout_ids)
-    imp = slates.impressions.merge(
-        tables["requests"][["request_id", "hour", "position_in_session"]], on="request_id"
-    )
-    hist = session_history(tables["requests"], tables["impressions"])
-    history = hist.loc[imp["request_id"].to_numpy()].to_numpy()
-    scores = aspect_scores(model, imp, history)
+    slates, imp = held.slates, held.impressions
+    scores = aspect_scores(model, imp, held.history)
     out: dict[str, float] = {}
     labels = {a: imp[a].to_numpy() for a in TABLE_ASPECTS if a != "watch_time"}
     play = imp["play_time_ms"].to_numpy()
@@ -195,7 +203,7 @@ def run_experiment(
             f"and non-impressions for the simulator); {meta.source} data lacks them"
         )
     split = split_by_day(tables["requests"], config.holdout_days)
-    holdout = np.asarray(split.holdout_request_ids)
+    held = held_out(tables, np.asarray(split.holdout_request_ids))
     world = (
         World(WorldConfig.from_dict(meta.params["world"]), seed=meta.seed)
         if meta.source == "world"
@@ -227,7 +235,7 @@ def run_experiment(
             t0 = time.perf_counter()
             model = train_method(method, tables, config, seed, labeller)
             fit_s = time.perf_counter() - t0
-            metrics = offline_metrics(model, tables, holdout, config, seed)
+            metrics = offline_metrics(model, held, config, seed)
             metrics["fit_seconds"] = fit_s
             if world is not None:
                 policy = ScoredRankingPolicy(model.score, model.temperature, name=method)

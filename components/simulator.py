@@ -34,7 +34,6 @@ training requests (their labels are never a target).
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -52,7 +51,8 @@ from components.agent_data import AGENTS, REWARD_SIGN
 from components.evaluation import auc, gauc
 from components.features import FeatureSpace, context_features
 from components.io import DataError
-from components.training import IndexBatches, _jsonable, _lightning_context, _torch_threads
+from components.model_files import read_model_files, save_model_files
+from components.training import IndexBatches, _lightning_context, _torch_threads
 from models.ranker import ASPECTS, log_play_target
 from models.simulator import (
     N_FEEDBACK,
@@ -69,7 +69,6 @@ from models.simulator import (
 
 MODEL_FILE = "simulator.pt"
 META_FILE = "simulator.json"
-FORMAT_VERSION = 1
 SCORE_CHUNK = 65_536
 """(request, item) pairs scored per forward pass by :meth:`TrainedSimulator.predict`."""
 STATE_USERS = 256
@@ -435,46 +434,24 @@ class TrainedSimulator:
 
     def save(self, path: str | Path) -> Path:
         """Write ``<path>/simulator.pt`` (tensors only) and ``<path>/simulator.json``."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        arrays, fs_meta = self.feature_space.to_state()
-        payload = {
-            "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict.items()},
-            "features": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()},
-        }
         meta = {
-            "format_version": FORMAT_VERSION,
             "model": "models.simulator.FeedbackSimulator",
             "config": self.config.to_dict(),
-            "feature_space": fs_meta,
-            "metrics": _jsonable(self.metrics),
+            "metrics": self.metrics,
         }
-        torch.save(payload, path / MODEL_FILE)
-        (path / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        return path
+        return save_model_files(
+            path, (MODEL_FILE, META_FILE), self.state_dict, self.feature_space, meta
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> TrainedSimulator:
         """Read what :meth:`save` wrote (``torch.load(..., weights_only=True)``)."""
-        path = Path(path)
-        for name in (MODEL_FILE, META_FILE):
-            if not (path / name).is_file():
-                raise FileNotFoundError(
-                    f"{path / name} not found; a saved simulator is a directory with "
-                    f"{MODEL_FILE} and {META_FILE} (TrainedSimulator.save)"
-                )
-        meta = json.loads((path / META_FILE).read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{path / META_FILE} has format {meta.get('format_version')!r}; this code "
-                f"reads {FORMAT_VERSION}"
-            )
-        payload = torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True)
+        f = read_model_files(path, (MODEL_FILE, META_FILE), "simulator", "TrainedSimulator.save")
         return cls(
-            state_dict=dict(payload["state_dict"]),
-            config=SimulatorConfig.from_dict(meta["config"]),
-            feature_space=FeatureSpace.from_state(payload["features"], meta["feature_space"]),
-            metrics=meta.get("metrics", {}),
+            state_dict=f.state_dict,
+            config=SimulatorConfig.from_dict(f.meta["config"]),
+            feature_space=f.feature_space,
+            metrics=f.meta.get("metrics", {}),
         )
 
 

@@ -20,7 +20,6 @@ than the model's step at this size.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 import warnings
@@ -38,6 +37,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from components.features import FeatureSpace, context_features
 from components.io import DataError, read_table
+from components.model_files import read_model_files, save_model_files
 from models.ranker import (
     ASPECTS,
     MultiTaskRanker,
@@ -50,7 +50,6 @@ from models.ranker import (
 
 MODEL_FILE = "model.pt"
 META_FILE = "ranker.json"
-FORMAT_VERSION = 1
 REQUIRED_TABLES: tuple[str, ...] = ("users", "items", "requests", "impressions")
 SCORE_CHUNK = 65_536
 """Candidates scored per forward pass by :meth:`TrainedRanker.predict` (bounds memory)."""
@@ -338,59 +337,25 @@ class TrainedRanker:
 
     def save(self, path: str | Path) -> Path:
         """Write ``<path>/model.pt`` (tensors only) and ``<path>/ranker.json``."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        arrays, fs_meta = self.feature_space.to_state()
-        payload = {
-            "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict.items()},
-            "features": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()},
-        }
         meta = {
-            "format_version": FORMAT_VERSION,
             "model": "models.ranker.MultiTaskRanker",
             "config": self.config.to_dict(),
-            "feature_space": fs_meta,
-            "metrics": _jsonable(self.metrics),
+            "metrics": self.metrics,
         }
-        torch.save(payload, path / MODEL_FILE)
-        (path / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        return path
+        return save_model_files(
+            path, (MODEL_FILE, META_FILE), self.state_dict, self.feature_space, meta
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> TrainedRanker:
         """Read what :meth:`save` wrote (``torch.load(..., weights_only=True)``)."""
-        path = Path(path)
-        for name in (MODEL_FILE, META_FILE):
-            if not (path / name).is_file():
-                raise FileNotFoundError(
-                    f"{path / name} not found; a saved ranker is a directory with "
-                    f"{MODEL_FILE} and {META_FILE} (TrainedRanker.save)"
-                )
-        meta = json.loads((path / META_FILE).read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{path / META_FILE} has format {meta.get('format_version')!r}; this code "
-                f"reads {FORMAT_VERSION}"
-            )
-        payload = torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True)
+        f = read_model_files(path, (MODEL_FILE, META_FILE), "ranker", "TrainedRanker.save")
         return cls(
-            state_dict=dict(payload["state_dict"]),
-            config=RankerConfig.from_dict(meta["config"]),
-            feature_space=FeatureSpace.from_state(payload["features"], meta["feature_space"]),
-            metrics=meta.get("metrics", {}),
+            state_dict=f.state_dict,
+            config=RankerConfig.from_dict(f.meta["config"]),
+            feature_space=f.feature_space,
+            metrics=f.meta.get("metrics", {}),
         )
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    return x
 
 
 # ----------------------------------------------------------------------- training

@@ -220,6 +220,16 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ensure_world_data(data_dir: Path) -> bool:
+    """An experiment's data: the data set in ``data_dir``, or demo world data (seed 0)
+    generated there when it has none. False when generating failed."""
+    if (data_dir / "meta.json").exists():
+        return True
+    _say(f"no data set in {data_dir}: generating world data (preset demo, seed 0) first")
+    args = argparse.Namespace(preset="demo", seed=0, data_dir=str(data_dir), no_version=True)
+    return cmd_generate(args) == 0
+
+
 def cmd_experiment(args: argparse.Namespace) -> int:
     if args.name == "simulator":
         return _simulator_experiment(args)
@@ -233,12 +243,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     )
 
     data_dir = Path(args.data_dir)
-    if not (data_dir / "meta.json").exists():
-        _say(f"no data set in {data_dir}: generating world data (preset demo, seed 0) first")
-        if cmd_generate(
-            argparse.Namespace(preset="demo", seed=0, data_dir=str(data_dir), no_version=True)
-        ):
-            return 1
+    if not _ensure_world_data(data_dir):
+        return 1
     config = ExperimentConfig(
         methods=tuple(parse_methods(args.methods)), seeds=tuple(range(args.seeds))
     )
@@ -268,12 +274,8 @@ def _simulator_experiment(args: argparse.Namespace) -> int:
     from components.world.config import find_kuairand_dir
 
     data_dir = Path(args.data_dir)
-    if not (data_dir / "meta.json").exists():
-        _say(f"no data set in {data_dir}: generating world data (preset demo, seed 0) first")
-        if cmd_generate(
-            argparse.Namespace(preset="demo", seed=0, data_dir=str(data_dir), no_version=True)
-        ):
-            return 1
+    if not _ensure_world_data(data_dir):
+        return 1
     reports = {"world": simulator_report(data_dir)}
     _say(f"world: held-out click AUC {reports['world']['auc']['is_click']:.4f}")
     kdir = Path(args.kuairand_dir) if args.kuairand_dir else find_kuairand_dir()

@@ -61,13 +61,15 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from models.config import config_from_dict
 
 N_AGENTS = 7
 COLLABORATION = ("attention", "concat", "none")
@@ -162,11 +164,7 @@ class AgentsConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> AgentsConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown AgentsConfig field(s) {unknown}; known: {sorted(known)}")
-        return cls(**dict(d))
+        return config_from_dict(cls, d)
 
 
 # ------------------------------------------------------------------------- encoders

@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
@@ -70,6 +70,7 @@ from torch.nn import functional as F
 
 from components.evaluation import auc
 from components.schema import FEEDBACK_FLAGS
+from models.config import config_from_dict
 
 if TYPE_CHECKING:
     from components.features import FeatureSpace
@@ -215,11 +216,7 @@ class RankerConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RankerConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown RankerConfig field(s) {unknown}; known: {sorted(known)}")
-        return cls(**dict(d))
+        return config_from_dict(cls, d)
 
     # ---------------------------------------------------------------- factory
 

@@ -90,7 +90,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import lightning as L
@@ -99,6 +99,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from models.config import config_from_dict
 from models.ranker import ASPECTS
 
 if TYPE_CHECKING:
@@ -247,11 +248,7 @@ class SimulatorConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SimulatorConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown SimulatorConfig field(s) {unknown}; known: {sorted(known)}")
-        return cls(**dict(d))
+        return config_from_dict(cls, d)
 
     # ---------------------------------------------------------------- factory
 

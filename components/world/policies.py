@@ -31,16 +31,6 @@ from scipy.special import expit
 if TYPE_CHECKING:
     from components.world.engine import World
 
-HISTORY_COLUMNS = (
-    "watch_s",
-    "last_watch_fraction",
-    "interactions",
-    "hates",
-    "live_entered",
-    "live_skipped",
-)
-"""Observable summary of the session so far, one column each in ``Observation.history``."""
-
 
 @dataclass(frozen=True)
 class Observation:
@@ -54,7 +44,7 @@ class Observation:
     day: int
     hour: np.ndarray
     position: np.ndarray
-    history: np.ndarray
+    history: np.ndarray  # (B, 6) the session so far, components.features.HISTORY_COLUMNS
     live_watch_3w: np.ndarray
     hour_load: np.ndarray
     truth: Callable[[np.ndarray], np.ndarray]
@@ -277,7 +267,7 @@ def call_score(
     history: np.ndarray | None,
 ) -> np.ndarray:
     """``score(user_ids, item_ids, hour, position[, history=...])``: the history (``(B, 6)``,
-    ``HISTORY_COLUMNS``) goes only to functions that declare it."""
+    ``components.features.HISTORY_COLUMNS``) goes only to functions that declare it."""
     if history is not None and accepts_history(score):
         return np.asarray(score(user_ids, item_ids, hour, position, history=history), float)
     return np.asarray(score(user_ids, item_ids, hour, position), dtype=float)
