@@ -15,11 +15,15 @@ resolves the model once, at start).
 
 Endpoints (BentoML routes every API as POST):
 
-- ``POST /rank`` — :class:`RankRequest` → :class:`RankResponse`. Schema errors (wrong types,
+- ``POST /rank`` — :class:`RankRequest` → :class:`RankResponse`. The served model is the
+  multi-task ranker or the MMRF ranking agents (``components.ranking``); the agents also read
+  the optional ``session`` (:class:`SessionSoFar`, the session so far), which the ranker
+  ignores. Schema errors (wrong types,
   missing fields, unknown fields, an empty or oversized pool, out-of-range values) are 400s
   from BentoML's validation; what only the model can judge (unknown user or item ids,
   duplicates, ``k`` above the pool size) is a 422 ``{"error", "field", "status"}``.
-- ``POST /model_info`` — the served model: tag, where it came from, labels, temperature.
+- ``POST /model_info`` — the served model: tag, where it came from, kind and method, labels,
+  temperature, whether it reads the session.
 - ``GET /healthz``, ``/livez`` (alive), ``GET /readyz`` (200 once the model is loaded, via
   ``__is_ready__``), ``GET /metrics`` (Prometheus: BentoML's request counters and latency
   histograms plus ``relayrec_rank_requests_total`` and ``relayrec_rank_model_seconds``).
@@ -60,6 +64,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
 from components import serving
+from components.features import HISTORY_COLUMNS
 
 logger = logging.getLogger("relayrec.service")
 
@@ -72,6 +77,28 @@ TRACING_EXCLUDED = ["/rank$", "/model_info$", "/metrics$", "/healthz$", "/livez$
 # ------------------------------------------------------------------------- schemas
 
 Id = Annotated[int, Field(ge=0, le=serving.MAX_ID)]
+Amount = Annotated[float, Field(ge=0, le=serving.MAX_HISTORY_VALUE, allow_inf_nan=False)]
+
+
+class SessionSoFar(BaseModel):
+    """What the user did earlier in this session (``features.HISTORY_COLUMNS``), as the
+    client's session log counts it. Read by the ranking agents (their state); the multi-task
+    ranker ignores it. Absent: an empty session (every field 0)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    watch_s: Amount = Field(0.0, description="seconds watched in the earlier requests")
+    last_watch_fraction: Amount = Field(
+        0.0, description="mean play time / duration of the previous request's slate"
+    )
+    interactions: Amount = Field(0.0, description="likes + comments + follows + forwards")
+    hates: Amount = Field(0.0, description="hate (dislike) clicks")
+    live_entered: Amount = Field(0.0, description="injected live streams entered")
+    live_skipped: Amount = Field(0.0, description="injected live streams skipped")
+
+    def values(self) -> list[float]:
+        """The fields in ``HISTORY_COLUMNS`` order."""
+        return [float(getattr(self, name)) for name in HISTORY_COLUMNS]
 
 
 class RankRequest(BaseModel):
@@ -100,6 +127,9 @@ class RankRequest(BaseModel):
     )
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = Field(
         None, description="seed of the exploration draw (reproducible slates); null: random"
+    )
+    session: SessionSoFar | None = Field(
+        None, description="the session so far (read by the ranking agents); null: empty"
     )
 
 
@@ -150,6 +180,9 @@ class ModelInfo(BaseModel):
     version: str
     source: str
     note: str
+    kind: str = Field(description="multitask_ranker or ranking_agents")
+    method: str = Field(description="bc, wide_deep, deepfm, mmrf, mmrf_co, mmrf_da, mmrf_ns, tscac")
+    uses_session: bool = Field(description="whether the request's session changes the scores")
     labels: dict[str, str]
     temperature: float
     n_users: int
@@ -202,10 +235,13 @@ class RankService:
             version=self.served.version,
             source=self.served.source,
             note=self.served.note,
+            kind=self.served.kind,
+            method=self.served.method,
+            uses_session=self.served.uses_history,
             labels=labels,
             temperature=self.served.temperature,
-            n_users=len(self.served.ranker.feature_space.user_ids),
-            n_items=len(self.served.ranker.feature_space.item_ids),
+            n_users=len(self.served.feature_space.user_ids),
+            n_items=len(self.served.feature_space.item_ids),
             max_pool=serving.MAX_POOL,
         )
         self._warm_up()
@@ -221,7 +257,7 @@ class RankService:
         )
 
     def _warm_up(self) -> None:
-        space = self.served.ranker.feature_space
+        space = self.served.feature_space
         items = space.item_ids[: min(len(space.item_ids), 200)].tolist()
         self.served.rank(int(space.user_ids[0]), 12, 0, items, k=min(len(items), 6))
 
@@ -238,13 +274,21 @@ class RankService:
         k: int = serving.DEFAULT_K,
         explore: bool = False,
         seed: int | None = None,
+        session: SessionSoFar | None = None,
     ) -> RankResponse:
         """Rank the candidate pool for one request and return a slate of ``k`` items."""
         policy = "plackett_luce" if explore else "top_k"
         t0 = time.perf_counter()
         try:
             result = self.served.rank(
-                user_id, hour, position_in_session, item_ids, k, explore=explore, seed=seed
+                user_id,
+                hour,
+                position_in_session,
+                item_ids,
+                k,
+                explore=explore,
+                seed=seed,
+                history=None if session is None else _session_values(session),
             )
         except serving.RequestError as exc:
             RANK_REQUESTS.labels(outcome=f"rejected_{exc.field or 'request'}", policy=policy).inc()
@@ -269,6 +313,13 @@ class RankService:
     async def model_info(self) -> ModelInfo:
         """The model this worker serves."""
         return self._info
+
+
+def _session_values(session: SessionSoFar | dict) -> list[float]:
+    """The session's values in ``HISTORY_COLUMNS`` order (a model, or its fields as a dict)."""
+    if isinstance(session, dict):
+        session = SessionSoFar.model_validate(session)
+    return session.values()
 
 
 def _labels(tag: str) -> dict[str, str]:

@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._machine import cpu_model  # noqa: E402
 from components.agent_data import build_agent_data  # noqa: E402
 from components.agents import (  # noqa: E402
-    _agent_tables,
     _non_impressions,
     _tensors,
+    agent_tables,
     build_networks,
     with_variant,
 )
@@ -39,7 +39,7 @@ from models.mmrf import AgentsConfig, AgentsModule  # noqa: E402
 
 
 def _setup(data: str, config: AgentsConfig, seed: int):  # noqa: ANN202
-    tables = _agent_tables(data)
+    tables = agent_tables(data)
     ids = np.asarray(split_by_day(tables["requests"], 1).train_request_ids)
     fs = FeatureSpace.fit(tables["users"], tables["items"])
     extra = _non_impressions(tables, ids, config, None, np.random.default_rng(seed))

@@ -2,10 +2,11 @@
 
     python bench/bench_flow.py [--preset demo]
 
-Both variants run every step on fresh projects (new git repo, DVC remote, BentoML store and
-registry) with the same params. The flow's time includes starting Prefect's embedded API
-(first flow of the process), reported apart; the overhead share is
-(flow − direct) / flow, with and without that start.
+Both variants run every step (with the default challenger of ``params.yaml``, the MMRF
+agents: the feedback simulator is fitted, then the agents trained) on fresh projects (new
+git repo, DVC remote, BentoML store and registry) with the same params. The flow's time
+includes starting Prefect's embedded API (first flow of the process), reported apart; the
+overhead share is (flow − direct) / flow, with and without that start.
 """
 
 from __future__ import annotations
@@ -45,7 +46,12 @@ def direct(root: Path) -> float:
     from components import grouping, validation, versioning
     from components.io import write_dataset
     from components.params import load_params
-    from components.retraining import gate_challenger, promote_if_blessed, train_and_register
+    from components.retraining import (
+        fit_and_register_simulator,
+        gate_challenger,
+        promote_if_blessed,
+        train_and_register,
+    )
     from components.world import generate_dataset
 
     t0 = time.perf_counter()
@@ -56,7 +62,11 @@ def direct(root: Path) -> float:
     version = versioning.track(root, "data").md5
     assert validation.validate_dataset(root / "data", out_dir=root / "artifacts/validation").success
     grouping.run_grouping(root / "data", state_dir=root / "artifacts/groups")
-    model = train_and_register(root / "data", version, params, "bench")
+    simulator = None
+    if params.needs_simulator:
+        out = root / "artifacts" / "simulator" / params.simulator_hash()
+        simulator = fit_and_register_simulator(root / "data", version, params, "bench", out).tag
+    model = train_and_register(root / "data", version, params, "bench", simulator)
     assert not model.reused
     outcome = gate_challenger(root / "data", model.tag, params, root / "artifacts/gate")
     promote_if_blessed(outcome, model.tag)

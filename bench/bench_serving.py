@@ -1,6 +1,7 @@
 """Serving latency and throughput: the bare model, a minimal FastAPI endpoint, BentoML.
 
     python bench/bench_serving.py [--duration 10] [--rounds 2] [--pool 200] [--ablations]
+                                  [--model ranker|agents]
 
 One run, side by side, on loopback, with the same model and the same request (a known user,
 a pool of ``--pool`` known items, ``k=6``, deterministic top-k):
@@ -22,9 +23,11 @@ bounded in time). All servers of a group are up at once and the wrk runs alterna
 them for ``--rounds`` rounds; the table shows the median over rounds (the machine may be
 shared: a burst of load elsewhere then hits every variant alike). Latency percentiles are
 wrk's; throughput is requests/s. Every server is checked to return the bare model's slate
-before it is loaded. The model is trained here (world ``tiny`` data, default
-``RankerConfig``, one epoch) in a temporary BentoML home unless ``--model-tag`` names one in
-``$BENTOML_HOME``. The script prints the load average before and after.
+before it is loaded. The model is trained here in a temporary BentoML home (world ``tiny``
+data; ``--model ranker``: default ``RankerConfig``, one epoch; ``--model agents``: the MMRF
+ranking agents, default ``AgentsConfig`` but one round of one epoch — the network, and so the
+serving cost, is the full one) unless ``--model-tag`` names one in ``$BENTOML_HOME``. The
+script prints the load average before and after.
 """
 
 from __future__ import annotations
@@ -244,16 +247,21 @@ def time_calls(fn: Callable[[], object], seconds: float) -> tuple[float, float, 
 # -------------------------------------------------------------------------- main
 
 
-def train_model(tmp: Path) -> str:
+def train_model(tmp: Path, kind: str = "ranker") -> str:
     from components import registry
+    from components.agents import train_agents
     from components.io import write_dataset
     from components.training import train_ranker
     from components.world import generate_dataset
+    from models.mmrf import AgentsConfig
 
     tables, meta = generate_dataset("tiny", seed=0)
     write_dataset(tables, meta, tmp / "data")
-    ranker = train_ranker(tmp / "data", seed=0, max_epochs=1)
-    ranker.save(tmp / "model")
+    if kind == "agents":
+        config = AgentsConfig(rounds=1, epochs=1, non_impressions="negative")
+        train_agents(tmp / "data", config, seed=0).save(tmp / "model")
+    else:
+        train_ranker(tmp / "data", seed=0, max_epochs=1).save(tmp / "model")
     return registry.register_model(tmp / "model", {"purpose": "bench_serving"})
 
 
@@ -264,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool", type=int, default=200, help="candidates per request")
     parser.add_argument("--ablations", action="store_true", help="one change at a time")
     parser.add_argument("--model-tag", default=None, help="a model in $BENTOML_HOME")
+    parser.add_argument(
+        "--model", choices=("ranker", "agents"), default="ranker", help="the model to train"
+    )
     parser.add_argument("--only", default=None, help="comma-separated variant names to run")
     args = parser.parse_args(argv)
 
@@ -307,13 +318,13 @@ def _run(args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> int:
         f"{bentoml.__version__}, fastapi {fastapi.__version__}, uvicorn {uvicorn.__version__}"
     )
     t0 = time.perf_counter()
-    tag = args.model_tag or train_model(tmp)
+    tag = args.model_tag or train_model(tmp, args.model)
     env[serving.MODEL_TAG_ENV] = tag
     print(f"model: {tag} (ready in {time.perf_counter() - t0:.1f}s)")
 
     torch.set_num_threads(1)
     model = serving.ServingModel.load(tag)
-    space = model.ranker.feature_space
+    space = model.feature_space
     rng = np.random.default_rng(0)
     if args.pool > len(space.item_ids):
         raise SystemExit(

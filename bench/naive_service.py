@@ -87,7 +87,7 @@ class BatchedRankService:
     @bentoml.api(batchable=True, max_batch_size=32, max_latency_ms=20)
     async def rank(self, requests: list[RankRequest]) -> list[RankResponse]:
         m = self.model
-        space = m.ranker.feature_space
+        space = m.feature_space
         width = max(len(r.item_ids) for r in requests)
         items = np.empty((len(requests), width), dtype=np.int64)
         for j, r in enumerate(requests):

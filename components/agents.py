@@ -235,7 +235,7 @@ def train_agents(
             "AgentsConfig.non_impressions='simulated' needs a feedback simulator (labeller); "
             "fit one with components.simulator or choose non_impressions='none' or 'negative'"
         )
-    tables = _agent_tables(data)
+    tables = agent_tables(data)
     split = split_by_day(tables["requests"], holdout_days)
     train_ids = np.asarray(split.train_request_ids)
     fs = FeatureSpace.fit(tables["users"], tables["items"])
@@ -286,7 +286,7 @@ def train_agents(
     return TrainedAgents(state, config, fs, name=name, metrics=metrics)
 
 
-def _agent_tables(data: str | Path | Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+def agent_tables(data: str | Path | Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     """The training tables plus ``non_impressions`` when the data set has them."""
     tables = load_tables(data)
     if isinstance(data, Mapping):

@@ -402,6 +402,12 @@ def simulator_report(data_dir: str | Path, seed: int = 0, holdout_days: int = 1)
     return result
 
 
+def _num(v: float | None) -> str:
+    """``v`` to 4 decimals; ``n/a`` for a missing or undefined value (e.g. an AUC of an
+    aspect with one label class, stored as JSON null)."""
+    return "n/a" if v is None or not np.isfinite(v) else f"{v:.4f}"
+
+
 def render_simulator_markdown(reports: Mapping[str, Mapping[str, Any]], command: str) -> str:
     """One table per data set: AUC, GAUC, (world) Bayes-optimal AUC and the mean absolute
     error of the predicted vs the true probability on impressions and on non-impressions
@@ -420,11 +426,11 @@ def render_simulator_markdown(reports: Mapping[str, Mapping[str, Any]], command:
             head += " Bayes-optimal AUC | prob. error, impressions | prob. error, non-impressions |"
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
         for a, v in r["auc"].items():
-            row = f"| {a} | {v:.4f} | {r['gauc'][a]:.4f} |"
+            row = f"| {a} | {_num(v)} | {_num(r['gauc'][a])} |"
             if has_truth:
                 pm = r["prob_mae"]
-                ni = pm.get("non_impressions", {}).get(a, float("nan"))
-                row += f" {r['bayes_auc'][a]:.4f} | {pm['impressions'][a]:.4f} | {ni:.4f} |"
+                ni = pm.get("non_impressions", {}).get(a)
+                row += f" {_num(r['bayes_auc'][a])} | {_num(pm['impressions'][a])} | {_num(ni)} |"
             lines.append(row)
         p = r["play"]
         lines += [

@@ -10,10 +10,19 @@ from typing import Any
 
 import yaml
 
+from components.agents import with_variant
 from components.gate import GateConfig
+from models.mmrf import AgentsConfig
 from models.ranker import RankerConfig
+from models.simulator import SimulatorConfig
 
-SECTIONS = ("data", "groups", "train", "ranker", "gate")
+SECTIONS = ("data", "groups", "train", "ranker", "simulator", "agents", "gate")
+AGENT_CHALLENGERS = ("mmrf", "mmrf_co", "mmrf_da", "mmrf_ns", "tscac")
+CHALLENGERS = ("multitask", *AGENT_CHALLENGERS)
+"""``train.challenger``: the ranking model a run trains. ``multitask`` is the supervised
+multi-task ranker (``ranker:`` section; behaviour cloning, or Wide & Deep / DeepFM with
+``ranker.architecture``); the others are the ranking agents of ``models.mmrf`` (``agents:``
+section) as ``components.agents.with_variant`` names them: MMRF, its ablations and TSCAC."""
 
 
 @dataclass(frozen=True)
@@ -41,17 +50,62 @@ class RunParams:
         return int((self.raw.get("train") or {}).get("holdout_days", 1))
 
     @property
+    def challenger(self) -> str:
+        """The ranking model to train (``CHALLENGERS``); ``mmrf`` unless set."""
+        return str((self.raw.get("train") or {}).get("challenger", "mmrf"))
+
+    @property
+    def trains_agents(self) -> bool:
+        return self.challenger in AGENT_CHALLENGERS
+
+    @property
+    def needs_simulator(self) -> bool:
+        """Whether the run fits the feedback simulator: only the agents that learn from
+        simulated non-impressions (MMRF, MMRF-CO) use it."""
+        return self.trains_agents and self.agents.non_impressions == "simulated"
+
+    @property
     def ranker(self) -> RankerConfig:
         return RankerConfig.from_dict(self.raw.get("ranker") or {})
+
+    @property
+    def simulator(self) -> SimulatorConfig:
+        return SimulatorConfig.from_dict(self.raw.get("simulator") or {})
+
+    @property
+    def agents(self) -> AgentsConfig:
+        """The ``agents:`` section with the challenger's variant applied."""
+        base = AgentsConfig.from_dict(self.raw.get("agents") or {})
+        return with_variant(base, self.challenger) if self.trains_agents else base
 
     @property
     def gate(self) -> GateConfig:
         return GateConfig.from_dict(self.raw.get("gate") or {})
 
     def training_hash(self) -> str:
-        """Hash of everything that changes the trained model (not the gate thresholds)."""
-        part = {k: self.raw.get(k) for k in ("train", "ranker")}
-        return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:12]
+        """Hash of everything that changes the trained ranking model (not the gate
+        thresholds, nor the sections the challenger does not use)."""
+        sections = ["ranker"]
+        if self.trains_agents:
+            sections = ["agents", *(["simulator"] if self.needs_simulator else [])]
+        return _hash(self.train_part(), *(self.raw.get(k) for k in sections))
+
+    def simulator_hash(self) -> str:
+        """Hash of what changes the fitted feedback simulator."""
+        return _hash(self.train_seed, self.holdout_days, self.raw.get("simulator"))
+
+    def train_part(self) -> dict[str, Any]:
+        """The ``train:`` section with its defaults filled in (so that writing a default
+        out does not change the hash)."""
+        return {
+            "seed": self.train_seed,
+            "holdout_days": self.holdout_days,
+            "challenger": self.challenger,
+        }
+
+
+def _hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def load_params(path: str | Path = "params.yaml") -> RunParams:
@@ -69,5 +123,11 @@ def load_params(path: str | Path = "params.yaml") -> RunParams:
     if unknown:
         raise ValueError(f"{path}: unknown section(s) {unknown}; known: {list(SECTIONS)}")
     params = RunParams(raw)
-    params.ranker, params.gate  # noqa: B018 - validate now, not halfway through a run
+    if params.challenger not in CHALLENGERS:
+        raise ValueError(
+            f"{path}: train.challenger {params.challenger!r} is not a ranking model; choose one "
+            f"of {list(CHALLENGERS)}"
+        )
+    # validate every section now, not halfway through a run
+    params.ranker, params.simulator, params.agents, params.gate  # noqa: B018
     return params

@@ -1,6 +1,14 @@
-"""The retraining steps after validation: train and register the challenger, gate it against
-the champion, promote it if blessed. Each step is plain Python; ``flows/retrain.py`` wires
-them as Prefect tasks.
+"""The retraining steps after validation: fit the feedback simulator, train and register the
+challenger, gate it against the champion, promote it if blessed. Each step is plain Python;
+``flows/retrain.py`` wires them as Prefect tasks.
+
+The challenger is ``params.train.challenger`` (``components.params.CHALLENGERS``): by default
+the MMRF ranking agents, trained by Algorithm 1 with the feedback simulator that
+:func:`fit_and_register_simulator` fitted on the same training days; or the supervised
+multi-task ranker. Both are saved to the BentoML model store as ``relayrec-ranker`` (label
+``kind``: ``ranking_agents`` or ``multitask_ranker``, ``method``: mmrf, …, bc) and load back
+through :func:`components.ranking.load_ranking_model`, so the gate and the service treat
+them alike. The simulator is stored as ``relayrec-simulator`` with its held-out accuracy.
 """
 
 from __future__ import annotations
@@ -8,17 +16,25 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from components import registry
+from components.agents import agent_tables, train_agents
 from components.gate import Candidate, GateDecision, evaluate_challenger, write_report
 from components.io import read_meta, read_table
+from components.model_files import jsonable
 from components.params import RunParams
-from components.training import TrainedRanker, split_by_day, train_ranker
+from components.ranking import RankingModel, load_ranking_model, method_name, model_kind
+from components.training import split_by_day, train_ranker
+
+SIMULATOR_NAME = "relayrec-simulator"
+SIMULATOR_TABLES = ("users", "items", "requests", "impressions", "non_impressions", "truth")
 
 
 @dataclass(frozen=True)
@@ -48,24 +64,107 @@ def git_commit(root: Path) -> str:
     return out.stdout.strip() if out.returncode == 0 else "none"
 
 
-def train_and_register(
-    data_dir: Path, data_version: str, params: RunParams, commit: str
+def fit_and_register_simulator(
+    data_dir: Path,
+    data_version: str,
+    params: RunParams,
+    commit: str,
+    out_dir: Path | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> ModelRef:
-    """Train the ranker on ``data_dir`` and save it to the model store — unless a model with
-    the same data version and training parameters is already there (then reuse it)."""
+    """Fit MMRF's feedback simulator on the training days of ``data_dir``, score it on the
+    held-out days (``components.simulator.evaluate_simulator``: per-aspect AUC / GAUC,
+    play-time error, and on world data the Bayes-optimal AUC) and store it — unless one with
+    the same data version and simulator parameters is stored (then reuse it).
+
+    ``out_dir``: where ``report.md`` and ``metrics.json`` of the held-out scores go.
+    """
+    from components.experiments import render_simulator_markdown
+
+    labels = {"data_version": data_version, "params_hash": params.simulator_hash()}
+    found = registry.find_model(labels, name=SIMULATOR_NAME)
+    if found is not None:
+        ref = ModelRef(found, True, _stored_metrics(found))
+    else:
+        ref = _fit_simulator(data_dir, params, labels | {"git_commit": commit}, progress)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        title = f"held-out days, {ref.tag}" + (" (reused)" if ref.reused else "")
+        report = render_simulator_markdown({title: ref.metrics}, "relayrec retrain")
+        (out_dir / "report.md").write_text(report)
+        (out_dir / "metrics.json").write_text(json.dumps(ref.metrics, indent=2) + "\n")
+    return ref
+
+
+def _fit_simulator(
+    data_dir: Path,
+    params: RunParams,
+    labels: dict[str, str],
+    progress: Callable[[str], None] | None,
+) -> ModelRef:
+    from components.simulator import evaluate_simulator, fit_simulator
+
+    say = progress or (lambda _m: None)
+    meta = read_meta(data_dir)
+    tables = {t: read_table(data_dir, t) for t in SIMULATOR_TABLES if t in meta.tables}
+    split = split_by_day(tables["requests"], params.holdout_days)
+    t0 = time.perf_counter()
+    sim = fit_simulator(
+        tables,
+        params.simulator,
+        seed=params.train_seed,
+        request_ids=np.asarray(split.train_request_ids),
+    )
+    held = evaluate_simulator(sim, tables, np.asarray(split.holdout_request_ids))
+    held = jsonable(held | {"fit_seconds": time.perf_counter() - t0, "source": _source(meta)})
+    say(
+        f"feedback simulator fitted in {held['fit_seconds']:.0f} s; held-out AUC "
+        + ", ".join(f"{a} {v:.3f}" for a, v in held["auc"].items())
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        sim.save(Path(tmp) / "model")
+        tag = registry.register_model(
+            Path(tmp) / "model",
+            labels | {"kind": "feedback_simulator"},
+            metadata={
+                "params": json.dumps(params.raw.get("simulator") or {}, sort_keys=True),
+                "metrics": json.dumps(held, sort_keys=True),
+            },
+            name=SIMULATOR_NAME,
+        )
+    return ModelRef(tag, False, held)
+
+
+def train_and_register(
+    data_dir: Path,
+    data_version: str,
+    params: RunParams,
+    commit: str,
+    simulator_tag: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ModelRef:
+    """Train the challenger (``params.challenger``) on ``data_dir`` and save it to the model
+    store — unless a model with the same data version and training parameters is already
+    there (then reuse it).
+
+    The agents that learn from simulated non-impressions need ``simulator_tag`` (from
+    :func:`fit_and_register_simulator`); a data set without a ``non_impressions`` table
+    trains them on the impressions only (as MMRF-DA), and says so through ``progress``.
+    """
     labels = {"data_version": data_version, "params_hash": params.training_hash()}
     found = registry.find_model(labels)
     if found is not None:
         return ModelRef(found, True, {})
-    ranker = train_ranker(
-        data_dir, params.ranker, seed=params.train_seed, holdout_days=params.holdout_days
-    )
-    metrics = dict(ranker.metrics)
+    model = _train(data_dir, params, simulator_tag, progress or (lambda _m: None))
+    metrics = dict(model.metrics)
+    kind = {"kind": model_kind(model), "method": method_name(model)}
+    if simulator_tag is not None:
+        kind["simulator"] = simulator_tag
     with tempfile.TemporaryDirectory() as tmp:
-        ranker.save(Path(tmp) / "model")
+        model.save(Path(tmp) / "model")
         tag = registry.register_model(
             Path(tmp) / "model",
-            labels | {"git_commit": commit, "kind": "multitask_ranker"},
+            labels | {"git_commit": commit} | kind,
             # BentoML metadata takes no None values: keep both as JSON strings
             metadata={
                 "params": json.dumps(params.raw, sort_keys=True),
@@ -75,13 +174,64 @@ def train_and_register(
     return ModelRef(tag, False, metrics)
 
 
-def load_ranker(tag: str) -> TrainedRanker:
-    return TrainedRanker.load(registry.model_path(tag))
+def _train(
+    data_dir: Path, params: RunParams, simulator_tag: str | None, say: Callable[[str], None]
+) -> RankingModel:
+    if not params.trains_agents:
+        return train_ranker(
+            data_dir, params.ranker, seed=params.train_seed, holdout_days=params.holdout_days
+        )
+    from components.simulator import SimulatorLabeller, TrainedSimulator
+
+    tables = agent_tables(data_dir)
+    labeller = None
+    if params.needs_simulator:
+        if "non_impressions" not in tables:
+            say(
+                "the data set has no non_impressions table: the agents train on the logged "
+                "impressions only (as MMRF-DA)"
+            )
+        elif simulator_tag is None:
+            raise ValueError(
+                f"challenger {params.challenger!r} learns from simulated non-impressions: fit "
+                "the feedback simulator first (fit_and_register_simulator) and pass its tag"
+            )
+        else:
+            sim = TrainedSimulator.load(registry.model_path(simulator_tag))
+            labeller = SimulatorLabeller(sim, tables, seed=params.train_seed)
+    config = params.agents
+    if labeller is None and config.non_impressions == "simulated":
+        config = replace(config, non_impressions="none")
+    return train_agents(
+        tables,
+        config,
+        seed=params.train_seed,
+        holdout_days=params.holdout_days,
+        labeller=labeller,
+        name=params.challenger,
+        progress=say,
+    )
+
+
+def load_ranker(tag: str) -> RankingModel:
+    """The registered ranking model ``tag``, of either family."""
+    return load_ranking_model(registry.model_path(tag))
 
 
 def _candidate(tag: str) -> Candidate:
     ranker = load_ranker(tag)
     return Candidate(tag, ranker.score, ranker.temperature)
+
+
+def _stored_metrics(tag: str) -> dict[str, Any]:
+    import bentoml
+
+    raw = bentoml.models.get(tag).info.metadata.get("metrics", "{}")
+    return json.loads(raw) if isinstance(raw, str) else dict(raw)
+
+
+def _source(meta: Any) -> str:
+    return f"{meta.source} ({meta.preset}, seed {meta.seed})" if meta.preset else meta.source
 
 
 def gate_challenger(

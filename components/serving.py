@@ -6,18 +6,22 @@ score the pool, choose the slate.
 
 - :func:`resolve_model_tag` — which model serves: ``$RELAYREC_MODEL_TAG``, else the registry's
   champion, else the model packaged in the Bento.
-- :class:`ServingModel` — a loaded ranker with its tag; :meth:`ServingModel.rank` checks a
-  request against what the model knows (unknown user or item ids, duplicates, slate size),
-  scores the candidates and returns a :class:`RankResult`.
+- :class:`ServingModel` — a loaded ranking model with its tag: the multi-task ranker or the
+  MMRF ranking agents (``components.ranking``); :meth:`ServingModel.rank` checks a request
+  against what the model knows (unknown user or item ids, duplicates, slate size, the
+  session so far), scores the candidates and returns a :class:`RankResult`.
 - :func:`top_k` and :func:`plackett_luce` — the deterministic and the exploring slate rules.
 
 Every problem with a request is a :class:`RequestError` (a 4xx for the service), never an
 arbitrary exception: the message names the field and what is wrong.
 
-Scoring. :meth:`ServingModel.score` computes what ``TrainedRanker.score`` computes (expected
-play seconds plus the configured aspect terms) for one request: the user row and the context
-are passed once, with shapes ``(1,)`` and ``(1, 3)``, and broadcast over the ``(n,)``
-candidates inside the network, instead of being repeated per candidate.
+Scoring. :meth:`ServingModel.score` computes what the model's own ``score`` computes for one
+request. For the multi-task ranker (expected play seconds plus the configured aspect terms)
+the user row and the context are passed once, with shapes ``(1,)`` and ``(1, 3)``, and
+broadcast over the ``(n,)`` candidates inside the network, instead of being repeated per
+candidate. The ranking agents score with the WatchTime actor's action and also read the
+session so far (``history``: ``features.HISTORY_COLUMNS``, an empty session when absent);
+the ranker ignores it.
 """
 
 from __future__ import annotations
@@ -34,7 +38,14 @@ import numpy as np
 import torch
 
 from components import registry
-from components.features import context_features
+from components.features import HISTORY_COLUMNS, FeatureSpace, context_features
+from components.ranking import (
+    RankingModel,
+    load_ranking_model,
+    method_name,
+    model_kind,
+    uses_history,
+)
 from components.training import TrainedRanker
 from components.world.policies import plackett_luce as _pl_draw
 
@@ -49,6 +60,8 @@ MAX_POSITION = 100_000
 """Largest ``position_in_session`` accepted."""
 MAX_ID = 2**63 - 1
 """Ids are int64 in every table."""
+MAX_HISTORY_VALUE = 1e7
+"""Largest value of a session-history field accepted (seconds of watch time, counts)."""
 
 
 class RequestError(ValueError):
@@ -170,9 +183,9 @@ class RankResult:
 
 @dataclass(eq=False)
 class ServingModel:
-    """A loaded ranker ready to serve: scoring, id checks and the slate rules."""
+    """A loaded ranking model ready to serve: scoring, id checks and the slate rules."""
 
-    ranker: TrainedRanker
+    model: RankingModel
     tag: str
     source: str = "given"
     note: str = ""
@@ -180,12 +193,13 @@ class ServingModel:
     _known_items: frozenset[int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        space = self.ranker.feature_space
+        space = self.model.feature_space
         self._known_users = frozenset(int(u) for u in space.user_ids)
         self._known_items = frozenset(int(i) for i in space.item_ids)
-        self._net = self.ranker.model  # built once, eval mode
-        self._weights = self.ranker.config.score_weight_tensor()
-        self._use_aspects = bool(torch.any(self._weights != 0))
+        self._net = self.model.model  # built once, eval mode
+        if isinstance(self.model, TrainedRanker):
+            self._weights = self.model.config.score_weight_tensor()
+            self._use_aspects = bool(torch.any(self._weights != 0))
 
     @classmethod
     def load(cls, choice: ModelChoice | str) -> ServingModel:
@@ -196,8 +210,7 @@ class ServingModel:
             path = registry.model_path(choice.tag)
         except registry.RegistryError as exc:
             raise ModelUnavailable(str(exc)) from exc
-        ranker = TrainedRanker.load(path)
-        return cls(ranker, choice.tag, choice.source, choice.note)
+        return cls(load_ranking_model(path), choice.tag, choice.source, choice.note)
 
     @property
     def version(self) -> str:
@@ -205,7 +218,26 @@ class ServingModel:
 
     @property
     def temperature(self) -> float:
-        return self.ranker.temperature
+        return self.model.temperature
+
+    @property
+    def feature_space(self) -> FeatureSpace:
+        return self.model.feature_space
+
+    @property
+    def kind(self) -> str:
+        """``multitask_ranker`` or ``ranking_agents``."""
+        return model_kind(self.model)
+
+    @property
+    def method(self) -> str:
+        """``bc``, ``wide_deep``, ``deepfm``, ``mmrf``, ``mmrf_co``, … (``ranking.method_name``)."""
+        return method_name(self.model)
+
+    @property
+    def uses_history(self) -> bool:
+        """Whether the session so far changes this model's scores."""
+        return uses_history(self.model)
 
     # ----------------------------------------------------------------- checks
 
@@ -248,14 +280,50 @@ class ServingModel:
                 "item_ids",
             )
 
+    @staticmethod
+    def check_history(history: Sequence[float] | None) -> np.ndarray | None:
+        """The session so far as a ``(6,)`` array in ``features.HISTORY_COLUMNS`` order, or
+        :class:`RequestError` naming the bad field (not 6 values, negative, not finite, or
+        above ``MAX_HISTORY_VALUE``)."""
+        if history is None:
+            return None
+        h = np.asarray(history, dtype=np.float64).reshape(-1)
+        if h.shape != (len(HISTORY_COLUMNS),):
+            raise RequestError(
+                f"history has {h.size} values; send {len(HISTORY_COLUMNS)}: "
+                + ", ".join(HISTORY_COLUMNS),
+                "history",
+            )
+        bad = [
+            f"{name}={v}"
+            for name, v in zip(HISTORY_COLUMNS, h, strict=True)
+            if not (np.isfinite(v) and 0.0 <= v <= MAX_HISTORY_VALUE)
+        ]
+        if bad:
+            raise RequestError(
+                f"history values must be finite and in 0..{MAX_HISTORY_VALUE:g}: " + ", ".join(bad),
+                "history",
+            )
+        return h
+
     # ---------------------------------------------------------------- scoring
 
     def score(
-        self, user_id: int, item_ids: Sequence[int] | np.ndarray, hour: int, position: int
+        self,
+        user_id: int,
+        item_ids: Sequence[int] | np.ndarray,
+        hour: int,
+        position: int,
+        history: Sequence[float] | np.ndarray | None = None,
     ) -> np.ndarray:
-        """Scores (float32, seconds) of ``item_ids`` for one request; what
-        ``TrainedRanker.score(user_id, item_ids, hour, position)`` returns."""
-        space = self.ranker.feature_space
+        """Scores (float32) of ``item_ids`` for one request; what the model's
+        ``score(user_id, item_ids, hour, position[, history])`` returns. ``history``: the
+        session so far (``features.HISTORY_COLUMNS``), read by the ranking agents only."""
+        if not isinstance(self.model, TrainedRanker):
+            h = None if history is None else np.asarray(history, dtype=np.float64)[None, :]
+            items = np.asarray(item_ids, dtype=np.int64)
+            return self.model.score(user_id, items, hour, position, h).astype(np.float32)
+        space = self.model.feature_space
         items = np.asarray(item_ids, dtype=np.int64)
         user_row = torch.from_numpy(space.user_rows(np.array([user_id], dtype=np.int64)))
         item_row = torch.from_numpy(space.item_rows(items))
@@ -277,12 +345,14 @@ class ServingModel:
         k: int = DEFAULT_K,
         explore: bool = False,
         seed: int | None = None,
+        history: Sequence[float] | None = None,
     ) -> RankResult:
         """Check the request, score the pool and choose a slate of ``k`` distinct items.
 
         ``explore=False``: deterministic top-k (propensities 1). ``explore=True``:
         Plackett–Luce at the model's temperature, drawn with ``seed`` (fresh entropy when
-        None), with position-wise propensities for logging."""
+        None), with position-wise propensities for logging. ``history``: the session so
+        far (6 values, ``features.HISTORY_COLUMNS``); None is an empty session."""
         if not 0 <= hour <= 23:
             raise RequestError(f"hour={hour} must be in 0..23", "hour")
         if not 0 <= position_in_session <= MAX_POSITION:
@@ -290,8 +360,9 @@ class ServingModel:
                 f"position_in_session={position_in_session} must be in 0..{MAX_POSITION}",
                 "position_in_session",
             )
+        h = self.check_history(history)
         self.check(user_id, item_ids, k)
-        scores = self.score(user_id, item_ids, hour, position_in_session)
+        scores = self.score(user_id, item_ids, hour, position_in_session, h)
         if explore:
             idx, prop = plackett_luce(scores, k, self.temperature, np.random.default_rng(seed))
             propensities = prop.tolist()

@@ -5,7 +5,7 @@
     relayrec data validate                            Great Expectations suites + Data Docs
     relayrec data groups                              user-group reassignment (MG-SD)
     relayrec data pipeline                            all of the above as one Prefect flow
-    relayrec retrain                                  data → train → gate → promote (Prefect)
+    relayrec retrain                                  data → simulator → train → gate → promote
     relayrec promote TAG --why "..."                  move the champion pointer
     relayrec rollback --why "..."                     back to the previous champion
     relayrec history                                  the promotion log
@@ -139,6 +139,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     for line in result.messages:
         _say(line)
     _say(f"data version: {result.data_version}")
+    if result.simulator:
+        _say(f"simulator:    {result.simulator}")
     _say(f"challenger:   {result.model}")
     _say(f"champion:     {result.champion}")
     if result.report:

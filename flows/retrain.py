@@ -1,4 +1,9 @@
-"""The retraining flow: load → version → validate → groups → train → gate → promote → Bento.
+"""The retraining flow: load → version → validate → groups → fit feedback simulator → train
+→ gate → promote → Bento.
+
+The challenger is ``train.challenger`` of ``params.yaml`` (default ``mmrf``: the MMRF ranking
+agents, which learn from non-impressions labelled by the feedback simulator fitted in the
+step before; ``multitask`` trains the supervised ranker and skips the simulator).
 
 Steps are cached on the data version: a re-run with unchanged data and parameters reuses the
 validated data, finds the already-registered model instead of training, and skips the gate
@@ -25,6 +30,7 @@ from components.params import RunParams, load_params
 from components.retraining import (
     GateOutcome,
     ModelRef,
+    fit_and_register_simulator,
     gate_challenger,
     git_commit,
     promote_if_blessed,
@@ -44,6 +50,7 @@ class RetrainResult:
     report: Path | None = None
     messages: tuple[str, ...] = field(default_factory=tuple)
     bento: str | None = None
+    simulator: str | None = None
 
 
 @task(name="validate-data-version", cache_policy=NO_CACHE)
@@ -64,9 +71,35 @@ def validate_version(data_dir: Path, out_dir: Path, data_version: str) -> bool:
     return success
 
 
+@task(name="fit-feedback-simulator", cache_policy=NO_CACHE)
+def fit_simulator_step(
+    data_dir: Path, data_version: str, params: RunParams, root: Path, out_dir: Path
+) -> ModelRef:
+    """MMRF's feedback simulator, fitted once per data version and simulator parameters; its
+    held-out accuracy goes to ``<out_dir>/report.md`` and a Prefect artifact."""
+    ref = fit_and_register_simulator(
+        data_dir, data_version, params, git_commit(root), out_dir, progress=print
+    )
+    if ref.reused:
+        print(f"feedback simulator {ref.tag} (same data and parameters) reused")
+    create_markdown_artifact(
+        key="feedback-simulator",
+        markdown=(out_dir / "report.md").read_text(),
+        description="simulator",
+    )
+    return ref
+
+
 @task(name="train-challenger", cache_policy=NO_CACHE)
-def train_challenger(data_dir: Path, data_version: str, params: RunParams, root: Path) -> ModelRef:
-    return train_and_register(data_dir, data_version, params, git_commit(root))
+def train_challenger(
+    data_dir: Path, data_version: str, params: RunParams, root: Path, simulator: str | None
+) -> ModelRef:
+    ref = train_and_register(
+        data_dir, data_version, params, git_commit(root), simulator, progress=print
+    )
+    if ref.reused:
+        print(f"challenger {ref.tag} (same data and parameters) found in the model store")
+    return ref
 
 
 @task(name="gate-challenger", cache_policy=NO_CACHE)
@@ -112,11 +145,18 @@ def retrain_flow(params_path: Path = Path("params.yaml"), root: Path = Path(".")
     if not validate_version(data_dir, artifacts / "validation", version):
         return RetrainResult("invalid_data", version, messages=messages)
     reassign_groups(data_dir, artifacts / "groups", params.n_groups)
-    model = train_challenger(data_dir, version, params, root)
+    simulator = None
+    if params.needs_simulator and "non_impressions" in read_meta(data_dir).tables:
+        simulator = fit_simulator_step(
+            data_dir, version, params, root, artifacts / "simulator" / params.simulator_hash()
+        ).tag
+    model = train_challenger(data_dir, version, params, root, simulator)
     champion = registry.champion()
     if model.tag == champion:
         note = f"{model.tag} (same data and parameters) is already the champion: nothing to do"
-        return RetrainResult("unchanged", version, model.tag, champion, None, (*messages, note))
+        return RetrainResult(
+            "unchanged", version, model.tag, champion, None, (*messages, note), None, simulator
+        )
     run_dir = artifacts / "gate" / _run_name(version, model.tag, champion, params)
     earlier = _earlier_verdict(run_dir)
     if earlier is not None:
@@ -128,7 +168,14 @@ def retrain_flow(params_path: Path = Path("params.yaml"), root: Path = Path(".")
             + "; reusing that verdict"
         )
         return RetrainResult(
-            status, version, model.tag, champion, run_dir / "report.md", (*messages, note, *reasons)
+            status,
+            version,
+            model.tag,
+            champion,
+            run_dir / "report.md",
+            (*messages, note, *reasons),
+            None,
+            simulator,
         )
     outcome = gate(data_dir, model.tag, params, run_dir)
     promoted = promote(outcome, model.tag)
@@ -143,6 +190,7 @@ def retrain_flow(params_path: Path = Path("params.yaml"), root: Path = Path(".")
         outcome.report_paths["md"],
         (*messages, *reasons),
         bento,
+        simulator,
     )
 
 

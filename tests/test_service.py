@@ -2,8 +2,9 @@
 real Bento built, served over HTTP and rolled back.
 
 Two models are trained on world ``tiny`` data (one epoch each) and promoted, first then
-second. The in-process tests take a few seconds; the HTTP tests build one Bento (the second
-model packaged) and start ``bentoml serve`` three times (~60 s together on 2 cores).
+second: the multi-task ranker, then MMRF ranking agents (which also read the session so
+far). The in-process tests take a few seconds; the HTTP tests build one Bento (the agents
+packaged) and start ``bentoml serve`` three times (~60 s together on 2 cores).
 """
 
 from __future__ import annotations
@@ -42,9 +43,11 @@ class Store:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    from components.agents import train_agents
     from components.io import write_dataset
     from components.training import train_ranker
     from components.world import generate_dataset
+    from models.mmrf import AgentsConfig
 
     tmp = tmp_path_factory.mktemp("serving")
     with pytest.MonkeyPatch.context() as mp:
@@ -52,11 +55,10 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         mp.delenv(serving.MODEL_TAG_ENV, raising=False)
         tables, meta = generate_dataset("tiny", seed=0)
         write_dataset(tables, meta, tmp / "data")
-        tags = []
-        for seed in (0, 1):
-            ranker = train_ranker(tmp / "data", seed=seed, max_epochs=1)
-            ranker.save(tmp / f"model{seed}")
-            tags.append(registry.register_model(tmp / f"model{seed}", {"seed": str(seed)}))
+        train_ranker(tmp / "data", seed=0, max_epochs=1).save(tmp / "model0")
+        config = AgentsConfig(rounds=1, epochs=1, non_impressions="negative")
+        train_agents(tmp / "data", config, seed=1, name="mmrf_ns").save(tmp / "model1")
+        tags = [registry.register_model(tmp / f"model{s}", {"seed": str(s)}) for s in (0, 1)]
         registry.promote(tags[0], "first", tmp / "registry")
         registry.promote(tags[1], "second", tmp / "registry")
         # BentoML fixes its home on first use in a process: when another test module used
@@ -65,24 +67,61 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         yield Store(home, tmp / "registry", tags[0], tags[1])
 
 
-@pytest.fixture(scope="module")
-def model(store: Store) -> serving.ServingModel:
-    return serving.ServingModel.load(store.second)
+SESSION = {
+    "watch_s": 240.0,
+    "last_watch_fraction": 0.6,
+    "interactions": 2.0,
+    "hates": 1.0,
+    "live_entered": 0.0,
+    "live_skipped": 1.0,
+}
+HISTORY = list(SESSION.values())  # features.HISTORY_COLUMNS order
+
+
+@pytest.fixture(scope="module", params=["ranker", "agents"])
+def model(store: Store, request: pytest.FixtureRequest) -> serving.ServingModel:
+    """Each in-process test runs on both model families."""
+    return serving.ServingModel.load(store.first if request.param == "ranker" else store.second)
 
 
 def _known(model: serving.ServingModel, n_items: int = 30) -> tuple[int, list[int]]:
-    space = model.ranker.feature_space
+    space = model.feature_space
     return int(space.user_ids[3]), [int(i) for i in space.item_ids[:n_items]]
 
 
 # ------------------------------------------------------------------- pure functions
 
 
-def test_score_matches_the_trained_ranker(model: serving.ServingModel) -> None:
+def test_history_columns_are_the_session_fields() -> None:
+    from components.features import HISTORY_COLUMNS
+    from service import SessionSoFar
+
+    assert tuple(SESSION) == HISTORY_COLUMNS == tuple(SessionSoFar.model_fields)
+    assert SessionSoFar(**SESSION).values() == HISTORY
+
+
+def test_score_matches_the_trained_model(model: serving.ServingModel) -> None:
     user, items = _known(model, 200)
-    want = model.ranker.score(user, np.array(items), 20, 4)
-    got = model.score(user, items, 20, 4)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    for history in (None, HISTORY):
+        h = None if history is None else np.array([history])
+        want = model.model.score(user, np.array(items), 20, 4, *([h] if model.uses_history else []))
+        got = model.score(user, items, 20, 4, history)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_only_the_agents_read_the_session(store: Store) -> None:
+    ranker, agents = (serving.ServingModel.load(t) for t in (store.first, store.second))
+    assert (ranker.kind, ranker.method, ranker.uses_history) == ("multitask_ranker", "bc", False)
+    assert (agents.kind, agents.method, agents.uses_history) == ("ranking_agents", "mmrf_ns", True)
+    user, items = _known(agents, 50)
+    empty = [0.0] * len(HISTORY)
+    np.testing.assert_array_equal(
+        ranker.score(user, items, 9, 3, HISTORY), ranker.score(user, items, 9, 3, empty)
+    )
+    a, b = agents.score(user, items, 9, 3, HISTORY), agents.score(user, items, 9, 3, empty)
+    assert np.abs(a - b).max() > 1e-6
+    # None is the empty session
+    np.testing.assert_array_equal(agents.score(user, items, 9, 3, None), b)
 
 
 def test_top_k_slate_is_the_best_k_in_order(model: serving.ServingModel) -> None:
@@ -126,6 +165,9 @@ def test_plackett_luce_is_seeded_distinct_and_has_propensities(
         ({"k": 0}, "k", "k=0"),
         ({"hour": 24}, "hour", "0..23"),
         ({"position_in_session": -1}, "position_in_session", "position_in_session=-1"),
+        ({"history": [1.0, 2.0]}, "history", "history has 2 values; send 6"),
+        ({"history": [1.0, -0.5, 0, 0, 0, 0]}, "history", "last_watch_fraction=-0.5"),
+        ({"history": [float("nan"), 0, 0, 0, 0, 0]}, "history", "watch_s=nan"),
     ],
 )
 def test_bad_requests_raise_request_errors(
@@ -181,7 +223,10 @@ def test_request_schema_limits_and_strict_types() -> None:
 
     good = {"user_id": 1, "hour": 3, "position_in_session": 0, "item_ids": [4, 5]}
     request = RankRequest.model_validate_json(json.dumps(good))
-    assert (request.k, request.explore, request.seed) == (6, False, None)
+    assert (request.k, request.explore, request.seed, request.session) == (6, False, None, None)
+    partial = RankRequest.model_validate_json(json.dumps(good | {"session": {"hates": 2}}))
+    assert partial.session is not None
+    assert partial.session.values() == [0.0, 0.0, 0.0, 2.0, 0.0, 0.0]
     bad = [
         {"user_id": "1"},  # string where an int is expected: refused, not converted
         {"item_ids": [4, "5"]},
@@ -193,6 +238,9 @@ def test_request_schema_limits_and_strict_types() -> None:
         {"item_ids": [-1]},
         {"user_id": 2**64},
         {"slate_size": 3},  # unknown field
+        {"session": {"watch_s": -1.0}},
+        {"session": {"watch_s": "10"}},
+        {"session": {"watchtime": 10.0}},
     ]
     for change in bad:
         with pytest.raises(ValidationError):
@@ -205,18 +253,23 @@ def test_request_schema_limits_and_strict_types() -> None:
 
 
 def test_service_class_in_process(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    from service import RankResponse, RankService
+    from service import RankResponse, RankService, SessionSoFar
 
-    monkeypatch.setenv(serving.MODEL_TAG_ENV, store.first)
+    monkeypatch.setenv(serving.MODEL_TAG_ENV, store.second)
     svc = RankService()
     assert svc.__is_ready__()
     info = asyncio.run(svc.model_info())
-    assert (info.tag, info.source, info.labels["seed"]) == (store.first, "env", "0")
+    assert (info.tag, info.source, info.labels["seed"]) == (store.second, "env", "1")
+    assert (info.kind, info.method, info.uses_session) == ("ranking_agents", "mmrf_ns", True)
     user, items = _known(svc.served)
     out = asyncio.run(svc.rank(user, 12, 2, items, 5))
     assert isinstance(out, RankResponse)
-    assert len(out.slate) == 5 and out.model_tag == store.first and out.quotas is None
+    assert len(out.slate) == 5 and out.model_tag == store.second and out.quotas is None
     assert json.loads(out.model_dump_json())["live"] is None
+    session = SessionSoFar(**SESSION)
+    with_session = asyncio.run(svc.rank(user, 12, 2, items, 5, session=session))
+    want = svc.served.rank(user, 12, 2, items, 5, history=HISTORY)
+    assert with_session.scores == want.scores and with_session.scores != out.scores
     bad = asyncio.run(svc.rank(10**9, 12, 2, items, 5))
     assert bad.status_code == 422
     body = json.loads(bad.body)
@@ -282,6 +335,12 @@ def test_http_rank_errors_probes_and_metrics(store: Store, bento: str, tmp_path:
         assert out["scores"] == sorted(out["scores"], reverse=True)
         assert out["slate"] == model.rank(user, 21, 2, items, 6).item_ids
         assert out["quotas"] is None and out["live"] is None and out["compute_cost"] is None
+        body = {"user_id": user, "hour": 21, "position_in_session": 2, "item_ids": items}
+        session_out = httpx.post(f"{url}/rank", json=body | {"session": SESSION}, timeout=30)
+        want = model.rank(user, 21, 2, items, 6, history=HISTORY)
+        assert session_out.status_code == 200, session_out.text
+        assert session_out.json()["slate"] == want.item_ids
+        np.testing.assert_allclose(session_out.json()["scores"], want.scores, rtol=1e-6)
 
         good = {"user_id": user, "hour": 21, "position_in_session": 2, "item_ids": items}
         bad = {
@@ -293,6 +352,7 @@ def test_http_rank_errors_probes_and_metrics(store: Store, bento: str, tmp_path:
             "string for int": (good | {"hour": "21"}, 400, "validation error"),
             "oversized pool": (good | {"item_ids": list(range(1001))}, 400, "validation error"),
             "missing field": ({"user_id": user}, 400, "validation error"),
+            "negative session": (good | {"session": {"hates": -1}}, 400, "validation error"),
         }
         with httpx.Client(base_url=url, timeout=30) as http:
             for name, (body, status, message) in bad.items():
@@ -314,6 +374,7 @@ def test_http_rank_errors_probes_and_metrics(store: Store, bento: str, tmp_path:
             assert "relayrec_rank_model_seconds_bucket" in metrics.text
             info = http.post("/model_info", json={}).json()
             assert info["tag"] == store.second and info["labels"]["seed"] == "1"
+            assert (info["kind"], info["method"]) == ("ranking_agents", "mmrf_ns")
 
 
 def test_http_rollback_serves_the_previous_champion(
@@ -325,9 +386,16 @@ def test_http_rollback_serves_the_previous_champion(
     shutil.copytree(store.registry, reg)
     back = registry.rollback("second model misbehaves", reg)
     assert (back.from_tag, back.to_tag) == (store.second, store.first)
+    model = serving.ServingModel.load(store.first)
+    user, items = _known(model, 12)
+    body = {"user_id": user, "hour": 5, "position_in_session": 1, "item_ids": items}
     with _serving(bento, store, reg, tmp_path / "serve.log") as url:
         info = httpx.post(f"{url}/model_info", json={}, timeout=30).json()
+        out = httpx.post(f"{url}/rank", json=body | {"session": SESSION}, timeout=30).json()
     assert (info["tag"], info["source"]) == (store.first, "champion")
+    assert (info["kind"], info["uses_session"]) == ("multitask_ranker", False)
+    # the ranker accepts the session and ignores it
+    assert out["slate"] == model.rank(user, 5, 1, items).item_ids
 
 
 def test_http_bento_serves_its_packaged_model_without_registry(

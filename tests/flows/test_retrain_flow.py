@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -14,8 +15,11 @@ from flows.retrain import retrain_flow
 PARAMS = {
     "data": {"source": "world", "preset": "tiny", "seed": 0},
     "ranker": {"epochs": 1},
+    "simulator": {"epochs": 1},
+    "agents": {"rounds": 2, "epochs": 1},
     "gate": {"min_ess": 50, "n_boot": 200},
 }
+"""The default challenger (MMRF agents with the feedback simulator), kept small."""
 
 
 @pytest.fixture()
@@ -29,6 +33,13 @@ def test_retrain_gates_reuses_and_never_promotes_a_duplicate(prefect_api, retrai
     root = retrain_project
     first = retrain_flow(params_path=root / "params.yaml", root=root)
     assert first.status in {"promoted", "rejected"}
+    assert first.simulator is not None and first.simulator.startswith("relayrec-simulator:")
+    labels = registry.model_labels(first.model)
+    assert (labels["kind"], labels["method"], labels["simulator"]) == (
+        "ranking_agents",
+        "mmrf",
+        first.simulator,
+    )
     assert first.report is not None and first.report.exists()
     assert "Gate:" in first.report.read_text()
     assert (first.report.parent / "report.json").exists()
@@ -44,6 +55,7 @@ def test_retrain_gates_reuses_and_never_promotes_a_duplicate(prefect_api, retrai
     second = retrain_flow(params_path=root / "params.yaml", root=root)
     assert second.status == "unchanged"
     assert second.model == first.model  # found in the store, not retrained
+    assert second.simulator == first.simulator  # nor refitted
     assert second.data_version == first.data_version
     assert registry.history() == log_before  # no duplicate promotion
 
@@ -78,5 +90,22 @@ def test_blessed_challenger_is_promoted_and_packaged(prefect_api, retrain_projec
 
     bento = bentoml.get(result.bento)
     assert [str(m.tag) for m in bento.info.all_models] == [result.model]
+    assert registry.model_labels(result.model)["kind"] == "ranking_agents"
+    # the simulator's held-out accuracy is reported next to the run and stored with it
+    reports = list((root / "artifacts" / "simulator").glob("*/report.md"))
+    assert len(reports) == 1 and "| is_click |" in reports[0].read_text()
+    stored = json.loads(bentoml.models.get(result.simulator).info.metadata["metrics"])
+    assert 0.0 < stored["auc"]["is_click"] < 1.0 and stored["n_impressions"] > 0
     [entry] = registry.history()
     assert entry.action == "promote" and entry.why.startswith("gate passed")
+
+
+def test_multitask_challenger_skips_the_simulator(prefect_api, retrain_project) -> None:
+    root = retrain_project
+    params = {**PARAMS, "train": {"challenger": "multitask"}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    result = retrain_flow(params_path=root / "params.yaml", root=root)
+    assert result.status in {"promoted", "rejected"}, result.messages
+    assert result.simulator is None and not (root / "artifacts" / "simulator").exists()
+    labels = registry.model_labels(result.model)
+    assert (labels["kind"], labels["method"]) == ("multitask_ranker", "bc")
