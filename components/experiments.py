@@ -408,6 +408,25 @@ def _num(v: float | None) -> str:
     return "n/a" if v is None or not np.isfinite(v) else f"{v:.4f}"
 
 
+def _bias_table(means: Mapping[str, Mapping[str, Mapping[str, float]]]) -> list[str]:
+    """Mean predicted vs mean true value on impressions and non-impressions: the simulator's
+    labels of what the logging policy did not show, against the truth."""
+    lines = [
+        "",
+        "Selection bias: mean predicted vs mean true value (the simulator's labels of what the "
+        "logging policy did not show, against the truth).",
+        "",
+        "| | impressions: predicted | true | non-impressions: predicted | true |",
+        "|---|---|---|---|---|",
+    ]
+    imp, ni = means["impressions"], means.get("non_impressions")
+    for name in imp["predicted"]:
+        cells = [_num(imp["predicted"][name]), _num(imp["true"][name])]
+        cells += [_num(ni["predicted"][name]), _num(ni["true"][name])] if ni else ["n/a"] * 2
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_simulator_markdown(reports: Mapping[str, Mapping[str, Any]], command: str) -> str:
     """One table per data set: AUC, GAUC, (world) Bayes-optimal AUC and the mean absolute
     error of the predicted vs the true probability on impressions and on non-impressions
@@ -432,6 +451,8 @@ def render_simulator_markdown(reports: Mapping[str, Mapping[str, Any]], command:
                 ni = pm.get("non_impressions", {}).get(a)
                 row += f" {_num(r['bayes_auc'][a])} | {_num(pm['impressions'][a])} | {_num(ni)} |"
             lines.append(row)
+        if "mean_vs_true" in r:
+            lines += _bias_table(r["mean_vs_true"])
         p = r["play"]
         lines += [
             "",

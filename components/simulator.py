@@ -893,15 +893,19 @@ def _truth_join(truth: pd.DataFrame, pairs: pd.DataFrame, shown: int) -> pd.Data
     )
 
 
-def _prob_mae(pred: SimulatorPrediction, truth: pd.DataFrame) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for k, a in enumerate(ASPECTS):
-        p = truth[TRUTH_COLUMNS[a]].to_numpy(np.float64)
-        ok = np.isfinite(p)
-        out[a] = float(np.abs(pred.aspect_probs[ok, k] - p[ok]).mean()) if ok.any() else np.nan
-    e = truth["expected_play_ms"].to_numpy(np.float64) / 1000.0
-    ok = np.isfinite(e)
-    out["play_s"] = float(np.abs(pred.expected_play_s[ok] - e[ok]).mean()) if ok.any() else np.nan
+def _prob_errors(pred: SimulatorPrediction, truth: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per aspect (and ``play_s``): ``mae`` = mean |predicted − true|, ``predicted`` and
+    ``true`` means over the pairs with a true value (their gap is the signed bias)."""
+    columns = [(a, pred.aspect_probs[:, k], TRUTH_COLUMNS[a]) for k, a in enumerate(ASPECTS)]
+    columns.append(("play_s", pred.expected_play_s, "expected_play_ms"))
+    out: dict[str, dict[str, float]] = {"mae": {}, "predicted": {}, "true": {}}
+    for name, predicted, column in columns:
+        t = truth[column].to_numpy(np.float64) / (1000.0 if name == "play_s" else 1.0)
+        ok = np.isfinite(t)
+        p = np.asarray(predicted, dtype=np.float64)[ok]
+        out["mae"][name] = float(np.abs(p - t[ok]).mean()) if ok.any() else np.nan
+        out["predicted"][name] = float(p.mean()) if ok.any() else np.nan
+        out["true"][name] = float(t[ok].mean()) if ok.any() else np.nan
     return out
 
 
@@ -916,8 +920,11 @@ def evaluate_simulator(
     ``non_impressions`` (when the table exists). With a ``truth`` table (world data):
     ``bayes_auc`` (the AUC of the true probabilities on the same impressions — the ceiling),
     ``prob_mae`` on ``impressions`` and ``non_impressions``: mean absolute error of the
-    predicted vs true probability per aspect and of expected play seconds (``play_s``). A
-    gap between the two is the selection bias the logs leave in the simulator.
+    predicted vs true probability per aspect and of expected play seconds (``play_s``), and
+    ``mean_vs_true`` on both: the mean predicted and the mean true value. A gap between
+    impressions and non-impressions is the selection bias the logs leave in the simulator:
+    the logging policy did not show the non-impressions for reasons the simulator may not
+    see, so their labels come out optimistic.
     """
     seq, _ = sim.sequences_and_states(tables)
     _check_request_ids(seq, request_ids)
@@ -958,8 +965,11 @@ def evaluate_simulator(
             a: _safe_auc(imp[a].to_numpy(np.int64), truth_imp[TRUTH_COLUMNS[a]].to_numpy())
             for a in ASPECTS
         }
-        result["prob_mae"] = {"impressions": _prob_mae(pred, truth_imp)}
+        errors = {"impressions": _prob_errors(pred, truth_imp)}
         if ni_pred is not None:
-            truth_ni = _truth_join(tables["truth"], ni, shown=0)
-            result["prob_mae"]["non_impressions"] = _prob_mae(ni_pred, truth_ni)
+            errors["non_impressions"] = _prob_errors(ni_pred, _truth_join(tables["truth"], ni, 0))
+        result["prob_mae"] = {k: v["mae"] for k, v in errors.items()}
+        result["mean_vs_true"] = {
+            k: {"predicted": v["predicted"], "true": v["true"]} for k, v in errors.items()
+        }
     return result

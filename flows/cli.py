@@ -54,11 +54,14 @@ def _version(root: Path, data_dir: Path, enabled: bool) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from components.io import write_dataset
-    from components.world import generate_dataset
+    from components.world import WorldConfig, generate_dataset
 
     t0 = time.perf_counter()
-    _say(f"generating world data: preset {args.preset}, seed {args.seed} ...")
-    tables, meta = generate_dataset(preset=args.preset, seed=args.seed)
+    overrides = _world_overrides(getattr(args, "world", None))
+    config = WorldConfig.from_preset(args.preset).with_overrides(overrides)
+    changed = "".join(f", {k}={v}" for k, v in overrides.items())
+    _say(f"generating world data: preset {args.preset}{changed}, seed {args.seed} ...")
+    tables, meta = generate_dataset(preset=args.preset, seed=args.seed, config=config)
     write_dataset(tables, meta, args.data_dir)
     for name, df in tables.items():
         _say(f"  {name:<16} {len(df):>10,} rows")
@@ -222,13 +225,39 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ensure_world_data(data_dir: Path) -> bool:
-    """An experiment's data: the data set in ``data_dir``, or demo world data (seed 0)
-    generated there when it has none. False when generating failed."""
+def _world_overrides(items: Sequence[str] | None) -> dict[str, str]:
+    """``["funnel.rank_noise=1.0", ...]`` → ``{"funnel.rank_noise": "1.0"}``."""
+    out: dict[str, str] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"--world takes KEY=VALUE (e.g. funnel.rank_noise=1.0), got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _ensure_world_data(data_dir: Path, world: Sequence[str] | None = None) -> bool:
+    """An experiment's data: the data set in ``data_dir``, or demo world data (seed 0, with
+    the ``--world`` overrides) generated there when it has none. A data set already there
+    must have been made with the same overrides. False when generating failed."""
+    from components.io import read_meta
+    from components.world import WorldConfig
+
+    overrides = _world_overrides(world)
     if (data_dir / "meta.json").exists():
+        if overrides:
+            want = WorldConfig.from_preset("demo").with_overrides(overrides).to_dict()
+            have = read_meta(data_dir).params.get("world")
+            if have != want:
+                raise ValueError(
+                    f"{data_dir} holds a data set made with another world than demo with "
+                    f"{overrides}; choose an empty --data-dir"
+                )
         return True
     _say(f"no data set in {data_dir}: generating world data (preset demo, seed 0) first")
-    args = argparse.Namespace(preset="demo", seed=0, data_dir=str(data_dir), no_version=True)
+    args = argparse.Namespace(
+        preset="demo", seed=0, data_dir=str(data_dir), no_version=True, world=world
+    )
     return cmd_generate(args) == 0
 
 
@@ -245,7 +274,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     )
 
     data_dir = Path(args.data_dir)
-    if not _ensure_world_data(data_dir):
+    if not _ensure_world_data(data_dir, args.world):
         return 1
     config = ExperimentConfig(
         methods=tuple(parse_methods(args.methods)), seeds=tuple(range(args.seeds))
@@ -310,6 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--preset", default="demo", choices=["tiny", "demo", "large"])
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--no-version", action="store_true", help="do not record a DVC version")
+    g.add_argument(
+        "--world",
+        action="append",
+        metavar="KEY=VALUE",
+        help="change a world parameter of the preset, e.g. funnel.rank_noise=1.0 (repeatable; "
+        "components/world/config.py lists them)",
+    )
     g.set_defaults(func=cmd_generate)
 
     k = verbs.add_parser("import-kuairand", help="turn KuaiRand files into the contract tables")
@@ -376,6 +412,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--methods", default=None, help="comma-separated subset (default: all)")
     ex.add_argument("--agent-epochs", type=int, default=None, help="epochs per round (agents)")
     ex.add_argument("--out", default="docs/results")
+    ex.add_argument(
+        "--world",
+        action="append",
+        metavar="KEY=VALUE",
+        help="mmrf: generate the demo world with this parameter changed (into an empty "
+        "--data-dir; repeatable)",
+    )
     ex.set_defaults(func=cmd_experiment)
     return parser
 

@@ -7,7 +7,8 @@ meaning, so that a run's ``params.yaml`` can record and change it.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,7 @@ class FunnelParams:
     match_noise: float = 2.5
     pre_noise: float = 1.2
     rank_noise: float = 0.35
+    production_taste_share: float = 1.0
     rank_bait_bias: float = 0.15
     rank_temperature: float = 0.5
     rank_explore_top: int = 12  # the logging ranker samples among its top-n candidates
@@ -174,6 +176,31 @@ class WorldConfig:
             raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[preset], **overrides})
 
+    def with_overrides(self, overrides: Mapping[str, Any]) -> WorldConfig:
+        """This config with ``{"part.field": value}`` (``funnel.rank_noise``) or
+        ``{"field": value}`` (``days``) changed; a value given as text is converted to the
+        field's type. Unknown keys raise ``ValueError`` naming the known ones."""
+        config = self
+        for key, value in overrides.items():
+            part, _, name = key.rpartition(".")
+            if part and part not in _PARTS:
+                raise ValueError(f"unknown world section {part!r} in {key!r}; known: {_PARTS}")
+            target = getattr(config, part) if part else config
+            known = {f.name: f for f in fields(target)}
+            if name not in known or name in _PARTS:
+                raise ValueError(
+                    f"unknown world parameter {key!r}; {part or 'WorldConfig'} has "
+                    f"{sorted(n for n in known if n not in _PARTS)}"
+                )
+            current = getattr(target, name)
+            if isinstance(value, str) and not isinstance(current, str):
+                if isinstance(current, tuple):
+                    raise ValueError(f"{key!r} is a tuple; it cannot be set from the command line")
+                value = type(current)(float(value)) if isinstance(current, int) else float(value)
+            changed = replace(target, **{name: value})
+            config = replace(config, **{part: changed}) if part else changed
+        return config
+
     def with_sizes(self, **sizes: int) -> WorldConfig:
         return replace(self, **sizes)
 
@@ -195,6 +222,9 @@ class WorldConfig:
                 values = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs[key].items()}
                 kwargs[key] = part(**values)
         return cls(**kwargs)
+
+
+_PARTS = ("feedback", "session", "live", "funnel")
 
 
 def find_kuairand_dir() -> Path | None:

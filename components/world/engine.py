@@ -154,9 +154,11 @@ class World:
     ) -> np.ndarray:
         """The simulated platform's production model at ``stage`` (match, pre, rank).
 
-        ``s = α·u·v + q + bias_stage·b + noise_stage·N(0, 1)``: it knows the user's static
-        taste and the video's quality with stage-dependent error, not the session state, and
-        the pre-ranking and ranking models over-rate clickbait (they learnt from clicks).
+        ``s = α·u'·v + q + bias_stage·b + noise_stage·N(0, 1)``: it knows the video's quality
+        and the user's static taste ``u'`` (``u`` itself unless
+        ``funnel.production_taste_share`` < 1, then only part of the taste that the user
+        features do not explain) with stage-dependent error, not the session state, and the
+        pre-ranking and ranking models over-rate clickbait (they learnt from clicks).
         """
         f = self.config.funnel
         noise, bait_bias = {
@@ -164,7 +166,7 @@ class World:
             "pre": (f.pre_noise, 0.5 * f.rank_bait_bias),
             "rank": (f.rank_noise, f.rank_bait_bias),
         }[stage]
-        static = self._static_affinity(user_idx, items)
+        static = self._static_affinity(user_idx, items, self.pop.production_pref)
         return static + bait_bias * self.pop.bait[items] + noise * rng.standard_normal(items.shape)
 
     def true_affinity(
@@ -180,8 +182,11 @@ class World:
         )
 
     # ------------------------------------------------------------------ internals
-    def _static_affinity(self, user_idx: np.ndarray, items: np.ndarray) -> np.ndarray:
-        u = self.pop.user_pref[user_idx]
+    def _static_affinity(
+        self, user_idx: np.ndarray, items: np.ndarray, pref: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``α·u·v + q`` with the users' true taste (or ``pref``, e.g. the production one)."""
+        u = (self.pop.user_pref if pref is None else pref)[user_idx]
         v = self.pop.video_vec[items]
         scale = self.config.affinity_scale
         return scale * np.einsum("bd,bnd->bn", u, v) + self.pop.quality[items]

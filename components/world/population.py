@@ -72,6 +72,7 @@ class Population:
     users: pd.DataFrame
     items: pd.DataFrame
     user_pref: np.ndarray  # (n_users, d)
+    production_pref: np.ndarray  # (n_users, d): the taste the production models know
     activity: np.ndarray  # (n_users,)
     live_affinity: np.ndarray  # (n_users,)
     video_vec: np.ndarray  # (n_videos, d)
@@ -223,7 +224,10 @@ def build_population(
     # --- latent user truth ---------------------------------------------------------------
     x = _user_feature_matrix(users)
     projection = rng.normal(0.0, 1.0 / np.sqrt(x.shape[1]), size=(x.shape[1], d))
-    user_pref = x @ projection + 0.7 * rng.normal(size=(config.n_users, d))
+    explained = x @ projection
+    idiosyncratic = 0.7 * rng.normal(size=(config.n_users, d))
+    user_pref = explained + idiosyncratic
+    production_pref = explained + config.funnel.production_taste_share * idiosyncratic
     activity = users["user_active_degree"].map(ACTIVITY).fillna(-0.3).to_numpy(np.float64)
     activity = activity + 0.3 * rng.normal(size=config.n_users)
     lp = config.live
@@ -245,6 +249,7 @@ def build_population(
     )
     live_vec = _unit(rng.normal(size=(config.n_live, d)))
     user_pref, video_vec = _unit(user_pref), _unit(video_vec)
+    production_pref = _unit(production_pref)
 
     # --- observable tables ---------------------------------------------------------------
     users.insert(0, "user_id", np.arange(config.n_users, dtype=np.int64))
@@ -269,6 +274,7 @@ def build_population(
         users=users,
         items=items,
         user_pref=user_pref,
+        production_pref=production_pref,
         activity=activity,
         live_affinity=live_affinity,
         video_vec=video_vec,

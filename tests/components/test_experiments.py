@@ -11,6 +11,7 @@ import pytest
 
 from components.experiments import TABLE_ASPECTS, summarise
 from components.features import HISTORY_COLUMNS, session_history
+from components.io import read_meta, read_table
 from flows.cli import main
 
 
@@ -121,3 +122,22 @@ def test_simulator_report_table_has_one_cell_per_column() -> None:
     assert "| is_click | 0.7000 | 0.7000 |" in md and "Fit 3 s" in md
     for line in rows:
         assert line.count("|") in (4, 7)
+
+
+def test_world_overrides_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    args = ["data", "generate", "--preset", "tiny", "--data-dir", str(data), "--no-version"]
+    assert main([*args, "--world", "funnel.rank_noise=1.5", "--world", "days=2"]) == 0
+    meta = read_meta(data)
+    assert meta.preset == "custom" and meta.params["world"]["funnel"]["rank_noise"] == 1.5
+    assert sorted(read_table(data, "requests")["day"].unique()) == [0, 1]
+    assert main([*args, "--world", "funnel.no_such=1"]) == 1
+    assert "unknown world parameter 'funnel.no_such'" in capsys.readouterr().err
+    assert main([*args, "--world", "rank_noise"]) == 1
+    assert "--world takes KEY=VALUE" in capsys.readouterr().err
+    # an experiment refuses a data set made with another world than the one it asks for
+    other = ["experiment", "mmrf", "--data-dir", str(data), "--out", str(tmp_path / "r")]
+    assert main([*other, "--world", "funnel.rank_noise=1.0"]) == 1
+    assert "another world" in capsys.readouterr().err

@@ -269,6 +269,14 @@ def test_held_out_quality(sim: TrainedSimulator, tiny: dict[str, pd.DataFrame], 
     # the expected play time is calibrated on average (Duan's smearing): within 25 %
     assert ev["play"]["mean_expected_s"] == pytest.approx(ev["play"]["mean_logged_s"], rel=0.25)
     assert set(ev["prob_mae"]) == {"impressions", "non_impressions"}
+    # selection bias: the logging policy shows what it knows to be better, so the true
+    # value of the non-impressions is lower, and the simulator, which cannot see why they
+    # were not shown, overrates them more than it does the impressions
+    means = ev["mean_vs_true"]
+    imp, ni = means["impressions"], means["non_impressions"]
+    for a in ("is_click", "long_view", "play_s"):
+        assert ni["true"][a] < imp["true"][a]
+        assert ni["predicted"][a] - ni["true"][a] > imp["predicted"][a] - imp["true"][a]
     assert ev["n_non_impressions"] > 0 and ev["uncertainty"]["non_impressions"] > 0
     json.dumps(ev)  # plain numbers only
 

@@ -214,3 +214,43 @@ def test_bad_configs_are_refused_with_the_rule() -> None:
         WorldConfig.from_preset("huge")
     with pytest.raises(ValueError, match="live injection rate"):
         FixedLivePolicy(1.5)
+
+
+def test_world_overrides_change_one_parameter_and_refuse_unknown_ones() -> None:
+    base = WorldConfig.from_preset("tiny")
+    changed = base.with_overrides({"funnel.rank_noise": "1.5", "days": "2"})
+    assert (changed.funnel.rank_noise, changed.days) == (1.5, 2)
+    assert isinstance(changed.days, int)
+    assert changed.with_overrides({"funnel.rank_noise": 0.35, "days": base.days}) == base
+    for bad in ({"funnel.nope": 1}, {"nope.rank_noise": 1}, {"funnel": 1}):
+        with pytest.raises(ValueError, match="unknown world"):
+            base.with_overrides(bad)
+    with pytest.raises(ValueError, match="tuple"):
+        base.with_overrides({"funnel.pre_buckets": "12"})
+
+
+def test_production_taste_share_sets_what_the_logging_ranker_knows() -> None:
+    """Share 1 (default): the production models know the user's whole static taste. Share 0:
+    only the part the user features explain, so their ranking scores (noise-free) are the
+    affinity computed with that part."""
+    full = World(WorldConfig.from_preset("tiny"), seed=0, kuairand_dir=None)
+    np.testing.assert_array_equal(full.pop.production_pref, full.pop.user_pref)
+    config = WorldConfig.from_preset("tiny").with_overrides(
+        {"funnel.production_taste_share": 0.0, "funnel.rank_noise": 0.0}
+    )
+    blind = World(config, seed=0, kuairand_dir=None)
+    # the same users and the same true taste: only the production model's view changes
+    np.testing.assert_array_equal(blind.pop.user_pref, full.pop.user_pref)
+    cos = np.sum(blind.pop.production_pref * blind.pop.user_pref, axis=1)
+    assert 0.2 < cos.mean() < 0.95  # partly, not wholly, the true taste
+    users, items = np.arange(4), np.tile(np.arange(10), (4, 1))
+    rng = np.random.default_rng(0)
+    scores = blind.production_scores("rank", users, items, rng)
+    bait = config.funnel.rank_bait_bias * blind.pop.bait[items]
+    want = (
+        config.affinity_scale
+        * np.einsum("bd,bnd->bn", blind.pop.production_pref[users], blind.pop.video_vec[items])
+        + blind.pop.quality[items]
+        + bait
+    )
+    np.testing.assert_allclose(scores, want)
