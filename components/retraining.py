@@ -119,7 +119,7 @@ def _fit_simulator(
     held = jsonable(held | {"fit_seconds": time.perf_counter() - t0, "source": _source(meta)})
     say(
         f"feedback simulator fitted in {held['fit_seconds']:.0f} s; held-out AUC "
-        + ", ".join(f"{a} {v:.3f}" for a, v in held["auc"].items())
+        + ", ".join(f"{a} {'n/a' if v is None else f'{v:.3f}'}" for a, v in held["auc"].items())
     )
     with tempfile.TemporaryDirectory() as tmp:
         sim.save(Path(tmp) / "model")
