@@ -382,26 +382,6 @@ def parse_methods(text: str | None) -> Sequence[str]:
 # ------------------------------------------------------------- simulator accuracy
 
 
-def simulator_report(data_dir: str | Path, seed: int = 0, holdout_days: int = 1) -> dict[str, Any]:
-    """Fit the feedback simulator on all but the last day(s) of ``data_dir`` and evaluate it
-    on the held-out day (``components.simulator.evaluate_simulator``)."""
-    from components.simulator import evaluate_simulator, fit_simulator
-
-    meta = read_meta(data_dir)
-    names = ("users", "items", "requests", "impressions", "non_impressions", "truth")
-    tables = {t: read_table(data_dir, t) for t in names if t in meta.tables}
-    split = split_by_day(tables["requests"], holdout_days)
-    t0 = time.perf_counter()
-    sim = fit_simulator(tables, seed=seed, request_ids=np.asarray(split.train_request_ids))
-    fit_s = time.perf_counter() - t0
-    result = evaluate_simulator(sim, tables, np.asarray(split.holdout_request_ids))
-    result["fit_seconds"] = fit_s
-    result["source"] = (
-        f"{meta.source} ({meta.preset}, seed {meta.seed})" if meta.preset else meta.source
-    )
-    return result
-
-
 def _num(v: float | None) -> str:
     """``v`` to 4 decimals; ``n/a`` for a missing or undefined value (e.g. an AUC of an
     aspect with one label class, stored as JSON null)."""
@@ -425,6 +405,41 @@ def _bias_table(means: Mapping[str, Mapping[str, Mapping[str, float]]]) -> list[
         cells += [_num(ni["predicted"][name]), _num(ni["true"][name])] if ni else ["n/a"] * 2
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
+
+
+SIMULATOR_TABLES = ("users", "items", "requests", "impressions", "non_impressions", "truth")
+"""What the simulator is fitted and scored on (``truth`` only exists for world data)."""
+
+
+def fit_and_evaluate_simulator(
+    data_dir: str | Path,
+    config: Any = None,
+    seed: int = 0,
+    holdout_days: int = 1,
+) -> tuple[Any, dict[str, Any]]:
+    """Fit the feedback simulator (``config``: a ``SimulatorConfig``, default when None) on
+    all but the last ``holdout_days`` day(s) of ``data_dir`` and evaluate it on the held-out
+    days (``components.simulator.evaluate_simulator``, plus ``fit_seconds`` and ``source``).
+    Returns the ``TrainedSimulator`` and that report."""
+    from components.simulator import evaluate_simulator, fit_simulator
+
+    meta = read_meta(data_dir)
+    tables = {t: read_table(data_dir, t) for t in SIMULATOR_TABLES if t in meta.tables}
+    split = split_by_day(tables["requests"], holdout_days)
+    t0 = time.perf_counter()
+    sim = fit_simulator(tables, config, seed=seed, request_ids=np.asarray(split.train_request_ids))
+    fit_s = time.perf_counter() - t0
+    result = evaluate_simulator(sim, tables, np.asarray(split.holdout_request_ids))
+    result["fit_seconds"] = fit_s
+    result["source"] = (
+        f"{meta.source} ({meta.preset}, seed {meta.seed})" if meta.preset else meta.source
+    )
+    return sim, result
+
+
+def simulator_report(data_dir: str | Path, seed: int = 0, holdout_days: int = 1) -> dict[str, Any]:
+    """The held-out report of :func:`fit_and_evaluate_simulator` with the default config."""
+    return fit_and_evaluate_simulator(data_dir, seed=seed, holdout_days=holdout_days)[1]
 
 
 def render_simulator_markdown(reports: Mapping[str, Mapping[str, Any]], command: str) -> str:

@@ -24,16 +24,16 @@ from components.features import FeatureSpace
 FORMAT_VERSION = 1
 
 
-def jsonable(x: Any) -> Any:
-    """``x`` with numpy scalars as Python numbers, tuples as lists, keys as strings and
-    non-finite floats as ``None`` (strict JSON)."""
+def jsonable(x: Any, nonfinite_as_none: bool = True) -> Any:
+    """``x`` with numpy scalars as Python numbers, tuples as lists, keys as strings and —
+    unless ``nonfinite_as_none`` is False — non-finite floats as ``None`` (strict JSON)."""
     if isinstance(x, Mapping):
-        return {str(k): jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v, nonfinite_as_none) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [jsonable(v) for v in x]
+        return [jsonable(v, nonfinite_as_none) for v in x]
     if isinstance(x, np.generic):
         return x.item()
-    if isinstance(x, float) and not np.isfinite(x):
+    if nonfinite_as_none and isinstance(x, float) and not np.isfinite(x):
         return None
     return x
 

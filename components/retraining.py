@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,7 +33,6 @@ from components.ranking import RankingModel, load_ranking_model, method_name, mo
 from components.training import split_by_day, train_ranker
 
 SIMULATOR_NAME = "relayrec-simulator"
-SIMULATOR_TABLES = ("users", "items", "requests", "impressions", "non_impressions", "truth")
 
 
 @dataclass(frozen=True)
@@ -102,21 +100,13 @@ def _fit_simulator(
     labels: dict[str, str],
     progress: Callable[[str], None] | None,
 ) -> ModelRef:
-    from components.simulator import evaluate_simulator, fit_simulator
+    from components.experiments import fit_and_evaluate_simulator
 
     say = progress or (lambda _m: None)
-    meta = read_meta(data_dir)
-    tables = {t: read_table(data_dir, t) for t in SIMULATOR_TABLES if t in meta.tables}
-    split = split_by_day(tables["requests"], params.holdout_days)
-    t0 = time.perf_counter()
-    sim = fit_simulator(
-        tables,
-        params.simulator,
-        seed=params.train_seed,
-        request_ids=np.asarray(split.train_request_ids),
+    sim, held = fit_and_evaluate_simulator(
+        data_dir, params.simulator, params.train_seed, params.holdout_days
     )
-    held = evaluate_simulator(sim, tables, np.asarray(split.holdout_request_ids))
-    held = jsonable(held | {"fit_seconds": time.perf_counter() - t0, "source": _source(meta)})
+    held = jsonable(held)
     say(
         f"feedback simulator fitted in {held['fit_seconds']:.0f} s; held-out AUC "
         + ", ".join(f"{a} {'n/a' if v is None else f'{v:.3f}'}" for a, v in held["auc"].items())
@@ -168,7 +158,9 @@ def train_and_register(
             # BentoML metadata takes no None values: keep both as JSON strings
             metadata={
                 "params": json.dumps(params.raw, sort_keys=True),
-                "metrics": json.dumps(_jsonable(metrics), sort_keys=True, default=str),
+                "metrics": json.dumps(
+                    jsonable(metrics, nonfinite_as_none=False), sort_keys=True, default=str
+                ),
             },
         )
     return ModelRef(tag, False, metrics)
@@ -230,10 +222,6 @@ def _stored_metrics(tag: str) -> dict[str, Any]:
     return json.loads(raw) if isinstance(raw, str) else dict(raw)
 
 
-def _source(meta: Any) -> str:
-    return f"{meta.source} ({meta.preset}, seed {meta.seed})" if meta.preset else meta.source
-
-
 def gate_challenger(
     data_dir: Path,
     challenger_tag: str,
@@ -276,13 +264,3 @@ def promote_if_blessed(
         return None
     why = "gate passed: " + "; ".join(outcome.decision.reasons[:1])
     return registry.promote(challenger_tag, why, registry_dir)
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.generic):
-        return x.item()
-    return x
