@@ -2,8 +2,10 @@
 
 ``relayrec experiment mmrf --seeds 3`` trains, per seed, the supervised baselines (behaviour
 cloning = the multi-task ranker, Wide & Deep, DeepFM), TSCAC, MMRF and its ablations
-(MMRF-CO, MMRF-DA, MMRF-NS) on the training days of one data set, and scores each on the
-held-out day:
+(MMRF-CO, MMRF-DA, MMRF-NS) on the training days of one data set, plus ``mmrf_oracle``:
+MMRF whose non-impression sample is labelled with the world's exact expected feedback
+instead of the simulator's (the best any simulator could do; world data only). Each is
+scored on the held-out day:
 
 - GAUC per aspect (the paper's Table 1): the method's score for that aspect against the
   logged label, per user (``components.evaluation.gauc``). Supervised models use their
@@ -42,7 +44,10 @@ from models.ranker import ASPECTS, RankerConfig
 
 SUPERVISED = {"bc": "mlp", "wide_deep": "wide_deep", "deepfm": "deepfm"}
 AGENT_METHODS = ("tscac", "mmrf_co", "mmrf_da", "mmrf_ns", "mmrf")
-METHODS: tuple[str, ...] = (*SUPERVISED, *AGENT_METHODS)
+ORACLE = "mmrf_oracle"
+"""MMRF trained with the world's exact expected feedback on its non-impression sample
+(``components.simulator.TruthLabeller``): the upper bound of any feedback simulator."""
+METHODS: tuple[str, ...] = (*SUPERVISED, *AGENT_METHODS, ORACLE)
 TABLE_ASPECTS: tuple[str, ...] = (
     "is_click",
     "is_like",
@@ -164,16 +169,18 @@ def train_method(
     tables: Mapping[str, pd.DataFrame],
     config: ExperimentConfig,
     seed: int,
-    labeller_factory: Callable[[], Any],
+    labeller_factory: Callable[[str], Any],
 ) -> Policy:
-    """Train one method on the training days."""
+    """Train one method on the training days; ``labeller_factory(method)`` gives the
+    non-impression labeller of a method that simulates them (MMRF, MMRF-CO, the oracle)."""
     if method in SUPERVISED:
         from dataclasses import replace
 
         rc = replace(config.ranker, architecture=SUPERVISED[method])
         return train_ranker(tables, rc, seed=seed, holdout_days=config.holdout_days)
-    agents_config = with_variant(config.agents, method)
-    labeller = labeller_factory() if agents_config.non_impressions == "simulated" else None
+    agents_config = with_variant(config.agents, "mmrf" if method == ORACLE else method)
+    simulated = agents_config.non_impressions == "simulated"
+    labeller = labeller_factory(method) if simulated else None
     return train_agents(
         tables,
         agents_config,
@@ -191,7 +198,7 @@ def run_experiment(
 ) -> pd.DataFrame:
     """Every method × seed: train, score offline, and (world data) roll out. Long format:
     columns ``method, seed, metric, value``."""
-    from components.simulator import SimulatorLabeller, fit_simulator
+    from components.simulator import SimulatorLabeller, TruthLabeller, fit_simulator
     from components.world import LoggingPolicy, ScoredRankingPolicy, World, WorldConfig
 
     meta = read_meta(data_dir)
@@ -202,6 +209,14 @@ def run_experiment(
             f"the MMRF experiment needs the {missing} table(s) (logged candidates for NCIS "
             f"and non-impressions for the simulator); {meta.source} data lacks them"
         )
+    truth = None
+    if ORACLE in config.methods:
+        if "truth" not in meta.tables:
+            raise ValueError(
+                f"{ORACLE} labels non-impressions with the world's exact feedback, and "
+                f"{meta.source} data has no truth table; leave it out of --methods"
+            )
+        truth = read_table(data_dir, "truth")
     split = split_by_day(tables["requests"], config.holdout_days)
     held = held_out(tables, np.asarray(split.holdout_request_ids))
     world = (
@@ -220,7 +235,9 @@ def run_experiment(
     for seed in config.seeds:
         sim_cache: dict[str, Any] = {}
 
-        def labeller(seed: int = seed, cache: dict[str, Any] = sim_cache) -> Any:
+        def labeller(method: str, seed: int = seed, cache: dict[str, Any] = sim_cache) -> Any:
+            if method == ORACLE:
+                return TruthLabeller(tables, truth)
             if "sim" not in cache:
                 t0 = time.perf_counter()
                 cache["sim"] = fit_simulator(
@@ -262,6 +279,47 @@ def summarise(long: pd.DataFrame) -> pd.DataFrame:
     out = mean.join(std)
     order = [m for m in ("logging", *METHODS) if m in out.index]
     return out.loc[order]
+
+
+CONTRASTS: tuple[tuple[str, str, str], ...] = (
+    ("learning from simulated non-impressions", "mmrf", "mmrf_da"),
+    ("simulated labels vs a constant negative", "mmrf", "mmrf_ns"),
+    ("attentive collaboration vs concatenation", "mmrf", "mmrf_co"),
+    ("exact labels on non-impressions (upper bound)", ORACLE, "mmrf_da"),
+    ("simulator vs exact labels", "mmrf", ORACLE),
+)
+"""The ablations' questions as (question, method, baseline) pairs of :func:`contrasts`."""
+
+
+def contrasts(long: pd.DataFrame, metric: str = "true_session_watch_s") -> pd.DataFrame:
+    """Paired differences ``method − baseline`` of ``metric`` per seed (the two share the
+    training seed, the data and the rollout seed), for each :data:`CONTRASTS` pair present:
+    columns ``question, method, baseline, mean, std, n, clear``; ``clear`` when
+    ``|mean| > std`` over at least two seeds (the difference exceeds its seed-to-seed
+    spread)."""
+    wide = long[long["metric"] == metric].pivot_table(
+        index="seed", columns="method", values="value"
+    )
+    rows = []
+    for question, method, baseline in CONTRASTS:
+        if method not in wide.columns or baseline not in wide.columns:
+            continue
+        d = (wide[method] - wide[baseline]).dropna()
+        std = float(d.std(ddof=1)) if len(d) > 1 else float("nan")
+        rows.append(
+            {
+                "question": question,
+                "method": method,
+                "baseline": baseline,
+                "mean": float(d.mean()),
+                "std": std,
+                "n": len(d),
+                "clear": bool(len(d) > 1 and abs(d.mean()) > std),
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["question", "method", "baseline", "mean", "std", "n", "clear"]
+    )
 
 
 def _pm(s: pd.DataFrame, method: str, metric: str, fmt: str) -> str:
@@ -325,6 +383,25 @@ def render_markdown(long: pd.DataFrame, command: str, source: str) -> str:
             "Order by true session watch time: "
             + " > ".join(f"{m} ({v:.0f})" for m, v in ranked.items()),
         ]
+        effects = contrasts(long)
+        if len(effects):
+            lines += [
+                "",
+                "## Do the ablated parts matter? (true session watch time, paired by seed)",
+                "",
+                "Difference method − baseline per seed (same data, training and rollout "
+                "seed), mean ± std over seeds; *clear* when |mean| exceeds the std.",
+                "",
+                "| question | method − baseline | difference (s) | clear |",
+                "|---|---|---|---|",
+            ]
+            for e in effects.itertuples():
+                std = "–" if np.isnan(e.std) else f"{e.std:.0f}"
+                verdict = "yes" if e.clear else ("no" if e.n > 1 else "n/a (1 seed)")
+                lines.append(
+                    f"| {e.question} | {e.method} − {e.baseline} | {e.mean:+.0f} ± {std} | "
+                    f"{verdict} |"
+                )
     ranked_ncis = s.loc[methods, "ncis_watch_time"].sort_values(ascending=False)
     lines += [
         "",

@@ -18,6 +18,8 @@ Pure functions, no files touched except by :meth:`TrainedSimulator.save` / ``loa
   ``share`` of the non-impressions with simulated feedback and rewards;
   :class:`SimulatorLabeller` wraps labelling and refitting for
   ``components.agents.train_agents`` (agent reward columns, importance-weight frames);
+  :class:`TruthLabeller` labels the same sample with the world's exact expected feedback
+  (the upper bound any simulator can reach);
 - :func:`evaluate_simulator` — held-out AUC/GAUC per aspect, play-time error, and on world
   data the Bayes-optimal AUC and the error against the true probabilities on impressions and
   on non-impressions (the SSB measure), plus the uncertainty on each.
@@ -784,6 +786,22 @@ def label_non_impressions(
     ``uncertainty`` and the simulated rewards ``reward_<aspect>`` and
     ``reward_play_time_ms`` (paper Eq. 6, ``models.simulator.optimistic_rewards``).
     """
+    sample = sample_non_impressions(tables, share, seed, request_ids)
+    pred = sim.predict(
+        tables, sample["request_id"].to_numpy(np.int64), sample["item_id"].to_numpy(np.int64)
+    )
+    return pred.to_frame()
+
+
+def sample_non_impressions(
+    tables: Mapping[str, pd.DataFrame],
+    share: float,
+    seed: int,
+    request_ids: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """Algorithm 1's sample: ``round(share · n)`` rows of ``tables["non_impressions"]``
+    (restricted to ``request_ids`` when given), uniformly without replacement with
+    ``numpy``'s generator seeded by ``seed``, kept in table order."""
     share = _check_share(share)
     _require(tables, "non_impressions", ("request_id", "item_id"))
     ni = tables["non_impressions"]
@@ -799,11 +817,7 @@ def label_non_impressions(
     n_keep = int(round(share * len(ni)))
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(ni), size=n_keep, replace=False)) if n_keep else []
-    sample = ni.iloc[pick]
-    pred = sim.predict(
-        tables, sample["request_id"].to_numpy(np.int64), sample["item_id"].to_numpy(np.int64)
-    )
-    return pred.to_frame()
+    return ni.iloc[pick]
 
 
 def agent_rewards(labelled: pd.DataFrame) -> pd.DataFrame:
@@ -874,6 +888,53 @@ class SimulatorLabeller:
             seed=self.seed + len(self.history),
         )
         self.history.append(self.sim.metrics)
+
+
+@dataclass(eq=False)
+class TruthLabeller:
+    """An upper bound for any feedback simulator, on world data only: labels the same
+    Algorithm 1 sample as :class:`SimulatorLabeller` with the world's **exact** expected
+    feedback (the ``truth`` table: ``p_<aspect>`` and ``expected_play_ms`` of each
+    non-impression, no uncertainty bonus) and never refits. Agents trained with it
+    (``mmrf_oracle`` in ``components.experiments``) show what non-impression labels can give
+    the agents at best, which separates the simulator's error from the agents' use of the
+    labels."""
+
+    tables: Mapping[str, pd.DataFrame]
+    truth: pd.DataFrame
+
+    def __post_init__(self) -> None:
+        missing = [
+            c
+            for c in ("request_id", "item_id", "shown", *TRUTH_COLUMNS.values(), "expected_play_ms")
+            if c not in self.truth.columns
+        ]
+        if missing:
+            raise DataError(
+                f"the truth table lacks {missing}; only world data (relayrec data generate) "
+                "has the exact expected feedback the truth labeller needs"
+            )
+
+    def label(self, request_ids: np.ndarray, share: float, seed: int) -> pd.DataFrame:
+        sample = sample_non_impressions(self.tables, share, seed, request_ids)
+        exact = _truth_join(self.truth, sample, 0)
+        if exact["expected_play_ms"].isna().any():
+            raise DataError(
+                f"{int(exact['expected_play_ms'].isna().sum())} sampled non-impression(s) have "
+                "no row in the truth table; the truth table must come with these logs"
+            )
+        labelled = pd.DataFrame(
+            {
+                "request_id": exact["request_id"].to_numpy(),
+                "item_id": exact["item_id"].to_numpy(),
+                "reward_play_time_ms": exact["expected_play_ms"].to_numpy(np.float64),
+                **{f"reward_{a}": exact[c].to_numpy(np.float64) for a, c in TRUTH_COLUMNS.items()},
+            }
+        )
+        return agent_rewards(labelled)
+
+    def refit(self, impression_weights_frame: pd.DataFrame) -> None:
+        """Nothing to refit: the truth does not depend on the policy."""
 
 
 # ----------------------------------------------------------------------- evaluation

@@ -135,6 +135,7 @@ class WorldConfig:
     days: int = 5
     dim: int = 8
     affinity_scale: float = 3.0
+    quality_scale: float = 0.4
     feedback: FeedbackParams = field(default_factory=FeedbackParams)
     session: SessionParams = field(default_factory=SessionParams)
     live: LiveParams = field(default_factory=LiveParams)

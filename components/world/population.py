@@ -12,7 +12,8 @@ Latent variables (never written to the data set; they are the ground truth):
 * user activity ``act_u`` from ``user_active_degree`` plus noise; it raises session length and
   next-day return;
 * live affinity ``ℓ_u = exp(μ + σ·z + b·is_live_streamer)`` — log-normal, heavy-tailed;
-* video vector ``v_i ∝ 0.8·E[tag_i] + 0.6·z_i`` (unit norm), quality ``q_i ~ N(0, 0.4²)``,
+* video vector ``v_i ∝ 0.8·E[tag_i] + 0.6·z_i`` (unit norm), quality ``q_i ~ N(0, σ_q²)``
+  (``σ_q = quality_scale``, 0.4 by default),
   per-aspect appeal (like, comment, follow, forward) ``~ N(0, 0.5²)``, and clickbait
   ``b_i``: 15 % of videos have ``b_i ~ U(0.8, 1.6)``, which lifts immediate clicks and
   watching but also hate and fatigue (the trap that separates greedy from long-term ranking);
@@ -241,7 +242,7 @@ def build_population(
     tags = _first_tag(videos["tag"])
     tag_emb = rng.normal(size=(int(tags.max()) + 1, d))
     video_vec = 0.8 * tag_emb[tags] + 0.6 * rng.normal(size=(config.n_videos, d))
-    quality = rng.normal(0.0, 0.4, size=config.n_videos)
+    quality = rng.normal(0.0, config.quality_scale, size=config.n_videos)
     bait = np.where(rng.random(config.n_videos) < 0.15, rng.uniform(0.8, 1.6, config.n_videos), 0.0)
     appeal = rng.normal(0.0, 0.5, size=(config.n_videos, 4))
     duration_ms = np.clip(

@@ -3,13 +3,14 @@ the agents and the gate rebuild (it must equal what the world showed the policy)
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from components.experiments import TABLE_ASPECTS, summarise
+from components.experiments import TABLE_ASPECTS, contrasts, summarise
 from components.features import HISTORY_COLUMNS, session_history
 from components.io import read_meta, read_table
 from flows.cli import main
@@ -29,6 +30,34 @@ def test_summarise_mean_and_sample_std() -> None:
     assert s.loc["bc", "true_session_watch_s"] == 12.0
     assert s.loc["bc", "true_session_watch_s_std"] == pytest.approx(np.sqrt(8.0))  # ddof=1
     assert s.loc["mmrf", "true_session_watch_s_std"] == 0.0
+
+
+def test_contrasts_are_paired_by_seed() -> None:
+    watch = {  # per seed: mmrf, mmrf_da, mmrf_co, mmrf_oracle
+        0: (100.0, 90.0, 99.0, 120.0),
+        1: (200.0, 180.0, 210.0, 230.0),
+        2: (150.0, 140.0, 149.0, 160.0),
+    }
+    rows = [
+        {"method": m, "seed": seed, "metric": "true_session_watch_s", "value": v}
+        for seed, values in watch.items()
+        for m, v in zip(("mmrf", "mmrf_da", "mmrf_co", "mmrf_oracle"), values, strict=True)
+    ]
+    rows.append({"method": "mmrf", "seed": 0, "metric": "depth", "value": 1.0})
+    c = contrasts(pd.DataFrame(rows)).set_index(["method", "baseline"])
+    # mmrf − mmrf_da = 10, 20, 10: mean 40/3, sample std sqrt(100/3) ≈ 5.77 < mean: clear
+    row = c.loc[("mmrf", "mmrf_da")]
+    assert row["mean"] == pytest.approx(40 / 3)
+    assert row["std"] == pytest.approx(np.sqrt(100 / 3))
+    assert bool(row["clear"]) and row["n"] == 3
+    # mmrf − mmrf_co = 1, −10, 1: mean −8/3, std ≈ 6.35 > |mean|: not clear
+    row = c.loc[("mmrf", "mmrf_co")]
+    assert row["mean"] == pytest.approx(-8 / 3) and not bool(row["clear"])
+    assert c.loc[("mmrf_oracle", "mmrf_da"), "mean"] == pytest.approx(100 / 3)
+    assert c.loc[("mmrf", "mmrf_oracle"), "mean"] == pytest.approx(-20.0)
+    assert ("mmrf", "mmrf_ns") not in c.index  # no mmrf_ns runs: no row
+    one_seed = contrasts(pd.DataFrame([r for r in rows if r["seed"] == 0]))
+    assert not one_seed["clear"].any() and one_seed["std"].isna().all()
 
 
 def test_session_history_equals_what_the_world_showed_the_policy() -> None:
@@ -67,7 +96,7 @@ def test_experiment_command_writes_table_csv_and_plot(tmp_path: Path) -> None:
             "--data-dir",
             str(data),
             "--methods",
-            "bc,mmrf_ns",
+            "bc,mmrf_ns,mmrf_oracle",
             "--agent-epochs",
             "1",
             "--out",
@@ -76,10 +105,10 @@ def test_experiment_command_writes_table_csv_and_plot(tmp_path: Path) -> None:
     )
     assert rc == 0
     long = pd.read_csv(out / "mmrf.csv")
-    assert set(long["method"]) == {"logging", "bc", "mmrf_ns"}
+    assert set(long["method"]) == {"logging", "bc", "mmrf_ns", "mmrf_oracle"}
     wide = long.pivot_table(index="method", columns="metric", values="value")
     for a in TABLE_ASPECTS:
-        assert wide.loc[["bc", "mmrf_ns"], f"gauc_{a}"].between(0, 1).all()
+        assert wide.loc[["bc", "mmrf_ns", "mmrf_oracle"], f"gauc_{a}"].between(0, 1).all()
     # on-policy NCIS of the logging policy is the held-out mean watch time per impression;
     # the true value of the logging arm is a rollout and must be positive
     assert wide.loc["logging", "true_session_watch_s"] > 0
@@ -89,6 +118,16 @@ def test_experiment_command_writes_table_csv_and_plot(tmp_path: Path) -> None:
     assert "| bc |" in md and "| mmrf_ns |" in md and "| logging |" in md
     assert "relayrec experiment mmrf --seeds 1" in md
     assert (out / "mmrf.png").stat().st_size > 1000
+    assert "| mmrf_oracle |" in md
+
+    # the oracle needs the world's truth: data without it is refused before any training
+    from components.experiments import ExperimentConfig, run_experiment
+
+    meta = json.loads((data / "meta.json").read_text())
+    meta["tables"] = [t for t in meta["tables"] if t != "truth"]
+    (data / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="no truth table"):
+        run_experiment(data, ExperimentConfig(methods=("mmrf_oracle",), seeds=(0,)))
 
 
 def test_experiment_rejects_unknown_method(tmp_path: Path) -> None:

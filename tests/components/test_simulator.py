@@ -23,11 +23,13 @@ from components.io import DataError
 from components.simulator import (
     SimulatorLabeller,
     TrainedSimulator,
+    TruthLabeller,
     build_sequences,
     evaluate_simulator,
     fit_simulator,
     label_non_impressions,
     refit,
+    sample_non_impressions,
 )
 from components.training import split_by_day
 from models.simulator import (
@@ -336,6 +338,39 @@ def test_label_non_impressions_share_and_rewards(
     no_bonus = replace(sim, config=replace(sim.config, uncertainty_weight=0.0))
     plain = label_non_impressions(no_bonus, tiny, 0.25, seed=1)
     np.testing.assert_allclose(plain["reward_is_click"], plain["is_click"], atol=1e-7)
+
+
+def test_truth_labeller_gives_the_worlds_exact_feedback_on_the_same_sample(
+    sim: TrainedSimulator, tiny: dict[str, pd.DataFrame], split
+) -> None:
+    from components.agent_data import AGENTS
+
+    ids = split.train_request_ids
+    labeller = TruthLabeller(tiny, tiny["truth"])
+    got = labeller.label(ids, 0.3, seed=4)
+    sample = sample_non_impressions(tiny, 0.3, 4, ids)
+    simulated = label_non_impressions(sim, tiny, 0.3, seed=4, request_ids=ids)
+    # the same Algorithm-1 sample as the simulator's labeller, in the same order
+    for frame in (sample, simulated):
+        np.testing.assert_array_equal(got["request_id"], frame["request_id"])
+        np.testing.assert_array_equal(got["item_id"], frame["item_id"])
+    assert list(got.columns) == ["request_id", "item_id", *AGENTS]
+    # each value is the truth table's row for that (request, item), not shown: play in
+    # seconds, probabilities as they are, the hate agent's reward negated
+    truth = tiny["truth"][tiny["truth"]["shown"] == 0].set_index(["request_id", "item_id"])
+    exact = truth.loc[list(zip(got["request_id"], got["item_id"], strict=True))]
+    np.testing.assert_allclose(got["watch_time"], exact["expected_play_ms"] / 1000, rtol=1e-6)
+    np.testing.assert_allclose(got["is_click"], exact["p_click"], rtol=1e-6)
+    np.testing.assert_allclose(got["is_hate"], -exact["p_hate"], rtol=1e-6)
+    np.testing.assert_allclose(got["long_view"], exact["p_long_view"], rtol=1e-6)
+    labeller.refit(pd.DataFrame({"request_id": [], "item_id": [], "weight": []}))
+    pd.testing.assert_frame_equal(labeller.label(ids, 0.3, seed=4), got)  # nothing refitted
+
+    with pytest.raises(DataError, match="only world data"):
+        TruthLabeller(tiny, tiny["truth"].drop(columns=["p_hate"]))
+    shown_only = tiny["truth"][tiny["truth"]["shown"] == 1]
+    with pytest.raises(DataError, match="no row in the truth table"):
+        TruthLabeller(tiny, shown_only).label(ids, 0.3, seed=4)
 
 
 # ---------------------------------------------------------------------- refitting

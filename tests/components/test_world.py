@@ -229,6 +229,19 @@ def test_world_overrides_change_one_parameter_and_refuse_unknown_ones() -> None:
         base.with_overrides({"funnel.pre_buckets": "12"})
 
 
+def test_quality_scale_scales_item_quality_and_nothing_else() -> None:
+    """``q_i ~ N(0, σ_q²)`` from the same draws: tripling ``quality_scale`` triples every
+    quality and leaves every other latent (drawn from the same generator) unchanged."""
+    base = World(WorldConfig.from_preset("tiny"), seed=0, kuairand_dir=None)
+    config = WorldConfig.from_preset("tiny").with_overrides({"quality_scale": "1.2"})
+    assert config.quality_scale == pytest.approx(1.2)
+    strong = World(config, seed=0, kuairand_dir=None)
+    np.testing.assert_allclose(strong.pop.quality, 3.0 * base.pop.quality, rtol=1e-12)
+    for name in ("user_pref", "video_vec", "bait", "appeal", "live_affinity"):
+        np.testing.assert_array_equal(getattr(strong.pop, name), getattr(base.pop, name))
+    assert 0.3 < base.pop.quality.std() < 0.5  # the default σ_q = 0.4
+
+
 def test_production_taste_share_sets_what_the_logging_ranker_knows() -> None:
     """Share 1 (default): the production models know the user's whole static taste. Share 0:
     only the part the user features explain, so their ranking scores (noise-free) are the
