@@ -124,6 +124,89 @@ def held_out(tables: Mapping[str, pd.DataFrame], holdout_ids: np.ndarray) -> Hel
     return HeldOut(slates, imp, np.repeat(slates.history, k, axis=0))
 
 
+@dataclass(frozen=True, eq=False)
+class TrueCandidates:
+    """World data only: each held-out request's logged candidates whose true affinity the
+    ``truth`` table holds (the shown items and the logged non-impressions), padded to
+    ``(R, C)``, in the order of ``HeldOut.slates`` (whose users, context and history they
+    share)."""
+
+    items: np.ndarray  # (R, C) item ids, padded with the row's first item
+    mask: np.ndarray  # (R, C)
+    shown: np.ndarray  # (R, C) shown by the logging policy
+    affinity: np.ndarray  # (R, C) true affinity a_ui at that request (0 where masked)
+
+
+def true_candidates(held: HeldOut, truth: pd.DataFrame) -> TrueCandidates:
+    """:class:`TrueCandidates` of the held-out requests from the world's truth table."""
+    rid = held.slates.request_id
+    t = truth[truth["request_id"].isin(rid)]
+    row = pd.Series(np.arange(len(rid)), index=rid).loc[t["request_id"].to_numpy()].to_numpy()
+    order = np.lexsort((-t["shown"].to_numpy(), row))
+    row = row[order]
+    counts = np.bincount(row, minlength=len(rid))
+    col = np.arange(len(row)) - np.repeat(np.cumsum(counts) - counts, counts)
+    width = int(counts.max(initial=1))
+    items = np.zeros((len(rid), width), np.int64)
+    mask = np.zeros((len(rid), width), bool)
+    shown = np.zeros((len(rid), width), bool)
+    affinity = np.zeros((len(rid), width))
+    items[row, col] = t["item_id"].to_numpy(np.int64)[order]
+    mask[row, col] = True
+    shown[row, col] = t["shown"].to_numpy()[order] == 1
+    affinity[row, col] = t["affinity"].to_numpy(np.float64)[order]
+    return TrueCandidates(np.where(mask, items, items[:, :1]), mask, shown, affinity)
+
+
+def _top_k(scores: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
+    """Columns of the ``k`` highest unmasked scores of each row."""
+    return np.argsort(-np.where(mask, scores, -np.inf), axis=1, kind="stable")[:, :k]
+
+
+def _row_rank_corr(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> float:
+    """Mean over rows with ≥ 3 entries of Spearman's correlation of ``x`` and ``y`` over the
+    unmasked entries (ranks by double argsort; ties are not averaged)."""
+
+    def ranks(v: np.ndarray) -> np.ndarray:
+        return np.argsort(np.argsort(np.where(mask, v, np.inf), axis=1), axis=1).astype(float)
+
+    n = mask.sum(axis=1)
+    rx, ry = ranks(x), ranks(y)
+    mean = np.where(n > 0, (n - 1) / 2.0, 0.0)[:, None]
+    dx, dy = np.where(mask, rx - mean, 0.0), np.where(mask, ry - mean, 0.0)
+    den = np.sqrt((dx**2).sum(1) * (dy**2).sum(1))
+    ok = (n >= 3) & (den > 0)
+    return float(((dx * dy).sum(1)[ok] / den[ok]).mean()) if ok.any() else float("nan")
+
+
+def candidate_metrics(model: Policy, held: HeldOut, cands: TrueCandidates) -> dict[str, float]:
+    """How the method ranks the logged candidates by the world's truth: the mean true
+    affinity of its top ``K`` (the slate size), the share of those the logging policy
+    showed, and the per-request rank correlation of its score with the true affinity."""
+    from components.world.policies import call_score
+
+    s = held.slates
+    scores = call_score(model.score, s.user_id, cands.items, s.hour, s.position, s.history)
+    top = _top_k(scores, cands.mask, s.slate.shape[1])
+    return {
+        "cand_top_affinity": float(np.take_along_axis(cands.affinity, top, 1).mean()),
+        "cand_top_shown": float(np.take_along_axis(cands.shown, top, 1).mean()),
+        "cand_rank_corr": _row_rank_corr(scores, cands.affinity, cands.mask),
+    }
+
+
+def logging_candidate_metrics(held: HeldOut, cands: TrueCandidates) -> dict[str, float]:
+    """The logging policy's row of :func:`candidate_metrics` (the items it showed) and the
+    best ``K`` of the logged candidates by true affinity (``cand_best_affinity``)."""
+    k = held.slates.slate.shape[1]
+    best = _top_k(cands.affinity, cands.mask, k)
+    return {
+        "cand_top_affinity": float(cands.affinity[cands.shown].mean()),
+        "cand_top_shown": 1.0,
+        "cand_best_affinity": float(np.take_along_axis(cands.affinity, best, 1).mean()),
+    }
+
+
 def offline_metrics(
     model: Policy, held: HeldOut, config: ExperimentConfig, seed: int
 ) -> dict[str, float]:
@@ -209,16 +292,15 @@ def run_experiment(
             f"the MMRF experiment needs the {missing} table(s) (logged candidates for NCIS "
             f"and non-impressions for the simulator); {meta.source} data lacks them"
         )
-    truth = None
-    if ORACLE in config.methods:
-        if "truth" not in meta.tables:
-            raise ValueError(
-                f"{ORACLE} labels non-impressions with the world's exact feedback, and "
-                f"{meta.source} data has no truth table; leave it out of --methods"
-            )
-        truth = read_table(data_dir, "truth")
+    if ORACLE in config.methods and "truth" not in meta.tables:
+        raise ValueError(
+            f"{ORACLE} labels non-impressions with the world's exact feedback, and "
+            f"{meta.source} data has no truth table; leave it out of --methods"
+        )
+    truth = read_table(data_dir, "truth") if "truth" in meta.tables else None
     split = split_by_day(tables["requests"], config.holdout_days)
     held = held_out(tables, np.asarray(split.holdout_request_ids))
+    cands = true_candidates(held, truth) if truth is not None else None
     world = (
         World(WorldConfig.from_dict(meta.params["world"]), seed=meta.seed)
         if meta.source == "world"
@@ -248,12 +330,16 @@ def run_experiment(
 
         if world is not None:
             add("logging", seed, true_metrics(world, LoggingPolicy(), 1000 + seed, 1))
+        if cands is not None:
+            add("logging", seed, logging_candidate_metrics(held, cands))
         for method in config.methods:
             t0 = time.perf_counter()
             model = train_method(method, tables, config, seed, labeller)
             fit_s = time.perf_counter() - t0
             metrics = offline_metrics(model, held, config, seed)
             metrics["fit_seconds"] = fit_s
+            if cands is not None:
+                metrics |= candidate_metrics(model, held, cands)
             if world is not None:
                 policy = ScoredRankingPolicy(model.score, model.temperature, name=method)
                 metrics |= true_metrics(world, policy, 1000 + seed, config.rollout_days)
@@ -383,6 +469,29 @@ def render_markdown(long: pd.DataFrame, command: str, source: str) -> str:
             "Order by true session watch time: "
             + " > ".join(f"{m} ({v:.0f})" for m, v in ranked.items()),
         ]
+    if "cand_top_affinity" in s.columns:
+        best = s.loc["logging", "cand_best_affinity"] if "logging" in s.index else float("nan")
+        lines += [
+            "",
+            "## Ranking the logged candidates by the world's truth (held-out day)",
+            "",
+            "Candidates: the shown items and the logged non-impressions of each held-out "
+            "request, with their true affinity at that request (the truth table). The logging "
+            f"row is the items it showed; the best slate of these candidates has a mean true "
+            f"affinity of {best:.3f}.",
+            "",
+            "| method | true affinity of its top K | share the logging policy showed | "
+            "rank correlation with true affinity |",
+            "|---|---|---|---|",
+        ]
+        for m in ["logging", *methods]:
+            if m in s.index:
+                lines.append(
+                    f"| {m} | {_pm(s, m, 'cand_top_affinity', '.3f')} | "
+                    f"{_pm(s, m, 'cand_top_shown', '.2f')} | "
+                    f"{_pm(s, m, 'cand_rank_corr', '.3f')} |"
+                )
+    if "true_session_watch_s" in s.columns:
         effects = contrasts(long)
         if len(effects):
             lines += [

@@ -246,9 +246,9 @@ def _ensure_world_data(data_dir: Path, world: Sequence[str] | None = None) -> bo
     overrides = _world_overrides(world)
     if (data_dir / "meta.json").exists():
         if overrides:
-            want = WorldConfig.from_preset("demo").with_overrides(overrides).to_dict()
+            want = WorldConfig.from_preset("demo").with_overrides(overrides)
             have = read_meta(data_dir).params.get("world")
-            if have != want:
+            if have is None or WorldConfig.from_dict(have) != want:
                 raise ValueError(
                     f"{data_dir} holds a data set made with another world than demo with "
                     f"{overrides}; choose an empty --data-dir"

@@ -60,6 +60,56 @@ def test_contrasts_are_paired_by_seed() -> None:
     assert not one_seed["clear"].any() and one_seed["std"].isna().all()
 
 
+def test_rank_correlation_matches_scipy_per_row() -> None:
+    from scipy.stats import spearmanr
+
+    from components.experiments import _row_rank_corr
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 9)), rng.normal(size=(40, 9))
+    mask = np.arange(9)[None, :] < rng.integers(1, 10, size=40)[:, None]
+    want = [
+        spearmanr(x[i][mask[i]], y[i][mask[i]]).statistic for i in range(40) if mask[i].sum() >= 3
+    ]
+    assert _row_rank_corr(x, y, mask) == pytest.approx(np.mean(want), rel=1e-12)
+    assert _row_rank_corr(x, 2 * x + 1, mask) == pytest.approx(1.0)
+    assert _row_rank_corr(x, -x, mask) == pytest.approx(-1.0)
+
+
+def test_candidate_metrics_of_the_truth_itself() -> None:
+    """A policy that scores by the true affinity picks the best slate of the logged
+    candidates and has rank correlation 1; scoring by its negative picks the worst."""
+    from types import SimpleNamespace
+
+    from components.experiments import (
+        candidate_metrics,
+        held_out,
+        logging_candidate_metrics,
+        true_candidates,
+    )
+    from components.training import split_by_day
+    from components.world import generate_dataset
+
+    tables, _ = generate_dataset("tiny", seed=1)
+    held = held_out(tables, np.asarray(split_by_day(tables["requests"], 1).holdout_request_ids))
+    cands = true_candidates(held, tables["truth"])
+    # every held-out impression is a shown candidate, with the truth table's affinity
+    assert cands.shown.sum() == len(held.impressions)
+    assert (cands.mask.sum(axis=1) > cands.shown.sum(axis=1)).any()  # plus non-impressions
+    ref = logging_candidate_metrics(held, cands)
+
+    def policy(sign: float) -> SimpleNamespace:
+        return SimpleNamespace(score=lambda users, items, hour, pos: sign * cands.affinity)
+
+    best = candidate_metrics(policy(1.0), held, cands)
+    assert best["cand_top_affinity"] == pytest.approx(ref["cand_best_affinity"])
+    assert best["cand_rank_corr"] == pytest.approx(1.0)
+    worst = candidate_metrics(policy(-1.0), held, cands)
+    assert worst["cand_rank_corr"] == pytest.approx(-1.0)
+    assert worst["cand_top_affinity"] < ref["cand_top_affinity"] < best["cand_top_affinity"]
+    assert ref["cand_top_shown"] == 1.0 and 0.0 <= worst["cand_top_shown"] < 1.0
+
+
 def test_session_history_equals_what_the_world_showed_the_policy() -> None:
     from components.world import World, WorldConfig
     from components.world.policies import Policy
@@ -119,6 +169,9 @@ def test_experiment_command_writes_table_csv_and_plot(tmp_path: Path) -> None:
     assert "relayrec experiment mmrf --seeds 1" in md
     assert (out / "mmrf.png").stat().st_size > 1000
     assert "| mmrf_oracle |" in md
+    assert "## Ranking the logged candidates" in md
+    assert wide.loc["logging", "cand_top_shown"] == 1.0
+    assert wide.loc["bc", "cand_top_affinity"] <= wide.loc["logging", "cand_best_affinity"]
 
     # the oracle needs the world's truth: data without it is refused before any training
     from components.experiments import ExperimentConfig, run_experiment
@@ -180,3 +233,19 @@ def test_world_overrides_from_the_command_line(
     other = ["experiment", "mmrf", "--data-dir", str(data), "--out", str(tmp_path / "r")]
     assert main([*other, "--world", "funnel.rank_noise=1.0"]) == 1
     assert "another world" in capsys.readouterr().err
+
+
+def test_experiment_reuses_a_data_set_made_with_its_world(tmp_path: Path) -> None:
+    """The same overrides find the data set they made (its meta.json stores tuples as
+    lists), so a second experiment on it does not regenerate or refuse it."""
+    from flows.cli import _ensure_world_data
+
+    data = tmp_path / "data"
+    world = ["days=2", "quality_scale=1.2"]
+    assert _ensure_world_data(data, world)  # generates demo data with the overrides
+    stamp = (data / "requests.parquet").stat().st_mtime_ns
+    assert read_meta(data).params["world"]["funnel"]["match_buckets"] == [40, 60, 90, 120]
+    assert _ensure_world_data(data, world)
+    assert (data / "requests.parquet").stat().st_mtime_ns == stamp  # reused, not rewritten
+    with pytest.raises(ValueError, match="another world"):
+        _ensure_world_data(data, ["days=2"])
