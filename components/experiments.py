@@ -301,6 +301,7 @@ def run_experiment(
     split = split_by_day(tables["requests"], config.holdout_days)
     held = held_out(tables, np.asarray(split.holdout_request_ids))
     cands = true_candidates(held, truth) if truth is not None else None
+    logging_cands = logging_candidate_metrics(held, cands) if cands is not None else None
     world = (
         World(WorldConfig.from_dict(meta.params["world"]), seed=meta.seed)
         if meta.source == "world"
@@ -330,8 +331,8 @@ def run_experiment(
 
         if world is not None:
             add("logging", seed, true_metrics(world, LoggingPolicy(), 1000 + seed, 1))
-        if cands is not None:
-            add("logging", seed, logging_candidate_metrics(held, cands))
+        if logging_cands is not None:
+            add("logging", seed, logging_cands)  # the same logs every seed
         for method in config.methods:
             t0 = time.perf_counter()
             model = train_method(method, tables, config, seed, labeller)
