@@ -181,7 +181,9 @@ class ModelInfo(BaseModel):
     source: str
     note: str
     kind: str = Field(description="multitask_ranker or ranking_agents")
-    method: str = Field(description="bc, wide_deep, deepfm, mmrf, mmrf_co, mmrf_da, mmrf_ns, tscac")
+    method: str = Field(
+        description="bc, wide_deep, deepfm, mmrf, mmrf_co, mmrf_nc, mmrf_da, mmrf_ns, tscac"
+    )
     uses_session: bool = Field(description="whether the request's session changes the scores")
     labels: dict[str, str]
     temperature: float

@@ -323,10 +323,11 @@ def _non_impressions(
 
 
 def with_variant(config: AgentsConfig, variant: str) -> AgentsConfig:
-    """The config of a named method: mmrf, mmrf_co, mmrf_da, mmrf_ns, tscac."""
+    """The config of a named method: mmrf, mmrf_co, mmrf_nc, mmrf_da, mmrf_ns, tscac."""
     changes = {
         "mmrf": {},
         "mmrf_co": {"collaboration": "concat"},
+        "mmrf_nc": {"collaboration": "none", "aux_actions": False},
         "mmrf_da": {"non_impressions": "none"},
         "mmrf_ns": {"non_impressions": "negative"},
         "tscac": {"collaboration": "none", "two_stage": True, "non_impressions": "none"},

@@ -43,7 +43,7 @@ from models.mmrf import AgentsConfig
 from models.ranker import ASPECTS, RankerConfig
 
 SUPERVISED = {"bc": "mlp", "wide_deep": "wide_deep", "deepfm": "deepfm"}
-AGENT_METHODS = ("tscac", "mmrf_co", "mmrf_da", "mmrf_ns", "mmrf")
+AGENT_METHODS = ("tscac", "mmrf_nc", "mmrf_co", "mmrf_da", "mmrf_ns", "mmrf")
 ORACLE = "mmrf_oracle"
 """MMRF trained with the world's exact expected feedback on its non-impression sample
 (``components.simulator.TruthLabeller``): the upper bound of any feedback simulator."""
@@ -372,6 +372,7 @@ CONTRASTS: tuple[tuple[str, str, str], ...] = (
     ("learning from simulated non-impressions", "mmrf", "mmrf_da"),
     ("simulated labels vs a constant negative", "mmrf", "mmrf_ns"),
     ("attentive collaboration vs concatenation", "mmrf", "mmrf_co"),
+    ("collaboration at all (attention and auxiliary actions)", "mmrf", "mmrf_nc"),
     ("exact labels on non-impressions (upper bound)", ORACLE, "mmrf_da"),
     ("simulator vs exact labels", "mmrf", ORACLE),
 )

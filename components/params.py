@@ -17,7 +17,7 @@ from models.ranker import RankerConfig
 from models.simulator import SimulatorConfig
 
 SECTIONS = ("data", "groups", "train", "ranker", "simulator", "agents", "gate")
-AGENT_CHALLENGERS = ("mmrf", "mmrf_co", "mmrf_da", "mmrf_ns", "tscac")
+AGENT_CHALLENGERS = ("mmrf", "mmrf_co", "mmrf_nc", "mmrf_da", "mmrf_ns", "tscac")
 CHALLENGERS = ("multitask", *AGENT_CHALLENGERS)
 """``train.challenger``: the ranking model a run trains. ``multitask`` is the supervised
 multi-task ranker (``ranker:`` section; behaviour cloning, or Wide & Deep / DeepFM with

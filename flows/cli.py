@@ -13,6 +13,7 @@
     relayrec serve                                    the champion over HTTP (BentoML)
     relayrec experiment mmrf --seeds 3                every ranking method → docs/results/mmrf.md
     relayrec experiment simulator                     simulator accuracy → docs/results/simulator.md
+    relayrec experiment calibration                   play vs video length, world vs KuaiRand
 
 Paths are relative to the current directory (the project root). Exit codes: 0 success,
 1 the data was rejected or is missing, 2 bad usage.
@@ -264,6 +265,8 @@ def _ensure_world_data(data_dir: Path, world: Sequence[str] | None = None) -> bo
 def cmd_experiment(args: argparse.Namespace) -> int:
     if args.name == "simulator":
         return _simulator_experiment(args)
+    if args.name == "calibration":
+        return _calibration_experiment(args)
     from dataclasses import replace
 
     from components.experiments import (
@@ -273,14 +276,18 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         write_results,
     )
 
-    data_dir = Path(args.data_dir)
-    if not _ensure_world_data(data_dir, args.world):
-        return 1
     config = ExperimentConfig(
         methods=tuple(parse_methods(args.methods)), seeds=tuple(range(args.seeds))
     )
     if args.agent_epochs:
         config = replace(config, agents=replace(config.agents, epochs=args.agent_epochs))
+    if args.agent_temperature is not None:
+        config = replace(config, agents=replace(config.agents, temperature=args.agent_temperature))
+    if args.ranker_temperature is not None:
+        config = replace(config, ranker=replace(config.ranker, temperature=args.ranker_temperature))
+    data_dir = Path(args.data_dir)
+    if not _ensure_world_data(data_dir, args.world):
+        return 1
     command = "relayrec experiment mmrf " + " ".join(args.argv_rest)
     _say(f"MMRF experiment: {len(config.methods)} methods × {args.seeds} seed(s) on {data_dir}")
     t0 = time.perf_counter()
@@ -322,6 +329,54 @@ def _simulator_experiment(args: argparse.Namespace) -> int:
     command = "relayrec experiment simulator " + " ".join(args.argv_rest)
     (out / "simulator.md").write_text(render_simulator_markdown(reports, command.strip()))
     _say(f"written {out / 'simulator.md'}")
+    return 0
+
+
+def _calibration_experiment(args: argparse.Namespace) -> int:
+    """Play time against video length under random exposure: the KuaiRand log (when
+    present), the demo world (seed 0) and, with ``--world``, the demo world so changed."""
+    from components.kuairand import find_kuairand_files
+    from components.world import WorldConfig
+    from components.world.calibration import (
+        PlayByDuration,
+        kuairand_random_log,
+        play_by_duration,
+        random_slice,
+        render_calibration_markdown,
+    )
+    from components.world.config import find_kuairand_dir
+    from components.world.dataset import generate_dataset
+
+    results: dict[str, PlayByDuration] = {}
+    kdir = Path(args.kuairand_dir) if args.kuairand_dir else find_kuairand_dir()
+    logs = find_kuairand_files(kdir).logs if kdir is not None else ()
+    if logs:
+        log = kuairand_random_log([str(p) for p in logs])
+        results["KuaiRand (random exposure)"] = play_by_duration(
+            log["play_time_ms"].to_numpy(), log["duration_ms"].to_numpy()
+        )
+    else:
+        _say("no KuaiRand log found: world data only")
+    overrides = _world_overrides(args.world)
+    worlds: dict[str, dict[str, str]] = {"world (demo)": {}}
+    if overrides:
+        changed = ", ".join(f"{k}={v}" for k, v in overrides.items())
+        worlds[f"world (demo, {changed})"] = overrides
+    for name, changes in worlds.items():
+        config = WorldConfig.from_preset("demo").with_overrides(changes)
+        _say(f"generating {name} (seed 0) ...")
+        tables, _ = generate_dataset(config=config, seed=0)
+        imp = random_slice(tables["requests"], tables["impressions"])
+        results[f"{name}, random slice"] = play_by_duration(
+            imp["play_time_ms"].to_numpy(), imp["duration_ms"].to_numpy()
+        )
+    for name, r in results.items():
+        _say(f"{name}: duration elasticity {r.elasticity:.2f}, mean play {r.mean_play_s:.1f} s")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = ("relayrec experiment calibration " + " ".join(args.argv_rest)).strip()
+    (out / "calibration.md").write_text(render_calibration_markdown(results, command))
+    _say(f"written {out / 'calibration.md'}")
     return 0
 
 
@@ -405,19 +460,33 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--name", default="scheduled")
     sc.set_defaults(func=cmd_schedule)
     ex = nouns.add_parser("experiment", help="research experiments (mmrf: every ranking method)")
-    ex.add_argument("name", choices=["mmrf", "simulator"])
-    ex.add_argument("--kuairand-dir", default=None, help="simulator: KuaiRand files (auto)")
+    ex.add_argument("name", choices=["mmrf", "simulator", "calibration"])
+    ex.add_argument(
+        "--kuairand-dir", default=None, help="simulator, calibration: KuaiRand files (auto)"
+    )
     ex.add_argument("--seeds", type=int, default=3, help="training/rollout seeds 0..N-1")
     ex.add_argument("--data-dir", default="data")
     ex.add_argument("--methods", default=None, help="comma-separated subset (default: all)")
     ex.add_argument("--agent-epochs", type=int, default=None, help="epochs per round (agents)")
+    ex.add_argument(
+        "--ranker-temperature",
+        type=float,
+        default=None,
+        help="mmrf: Plackett–Luce temperature of bc, wide_deep, deepfm (seconds; default 10)",
+    )
+    ex.add_argument(
+        "--agent-temperature",
+        type=float,
+        default=None,
+        help="mmrf: Plackett–Luce temperature of the agents' WatchTime scores (default 0.1)",
+    )
     ex.add_argument("--out", default="docs/results")
     ex.add_argument(
         "--world",
         action="append",
         metavar="KEY=VALUE",
         help="mmrf: generate the demo world with this parameter changed (into an empty "
-        "--data-dir; repeatable)",
+        "--data-dir; repeatable); calibration: also measure the demo world so changed",
     )
     ex.set_defaults(func=cmd_experiment)
     return parser

@@ -18,7 +18,8 @@ State embeddings and attentive collaboration (Eq. 1)::
 ``W_Q, W_K, W_V`` are one ``nn.MultiheadAttention`` applied to the J agent tokens, so they are
 shared by all agents (a common embedding space); the attention mask removes ``i = j``.
 MMRF-CO replaces ``x_j`` by a linear map of the concatenated other embeddings; TSCAC has no
-collaboration (``x_j = 0``).
+collaboration (``x_j = 0``), and neither has MMRF-NC, whose WatchTime actor also leaves the
+auxiliary actions out of Eq. 3 (independent agents, MMRF's objective).
 
 Actors (Eq. 2–3), one score per candidate::
 
@@ -84,6 +85,9 @@ class AgentsConfig:
         ``collaboration`` ("attention"): MMRF's attentive collaboration; "concat" is MMRF-CO;
         "none" with ``two_stage=True`` is TSCAC.
         ``two_stage`` (False): TSCAC's objective (module docstring) instead of MMRF's.
+        ``aux_actions`` (True): the WatchTime actor takes the auxiliary actions as inputs
+        (Eq. 3). With ``collaboration="none"`` and False the agents do not communicate at
+        all: MMRF-NC, which answers whether collaboration matters, not only its form.
         ``non_impressions`` ("simulated"): labelled by the feedback simulator (MMRF),
         "none" (MMRF-DA), "negative" (MMRF-NS, constant reward ``negative_reward``·mean).
         ``label_share`` (0.25): share of logged non-impressions sampled per round.
@@ -111,6 +115,7 @@ class AgentsConfig:
 
     collaboration: str = "attention"
     two_stage: bool = False
+    aux_actions: bool = True
     non_impressions: str = "simulated"
     negative_reward: float = 1.0
     label_share: float = 0.25
@@ -312,7 +317,7 @@ class RankingAgents(nn.Module):
             self.collab = ConcatCollaboration(d, n_agents)
         else:
             self.collab = None
-        self.uses_aux_actions = not config.two_stage
+        self.uses_aux_actions = config.aux_actions and not config.two_stage
         self.aux = PairScorer(n_agents - 1, 2 * d, d, config.hidden)
         self.main = PairScorer(
             1, 2 * d, d, config.hidden, d_extra=(n_agents - 1) if self.uses_aux_actions else 0

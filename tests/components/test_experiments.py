@@ -249,3 +249,14 @@ def test_experiment_reuses_a_data_set_made_with_its_world(tmp_path: Path) -> Non
     assert (data / "requests.parquet").stat().st_mtime_ns == stamp  # reused, not rewritten
     with pytest.raises(ValueError, match="another world"):
         _ensure_world_data(data, ["days=2"])
+
+
+@pytest.mark.parametrize("flag", ["--ranker-temperature", "--agent-temperature"])
+def test_experiment_refuses_a_bad_temperature_before_touching_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
+    data = tmp_path / "data"
+    args = ["experiment", "mmrf", "--data-dir", str(data), "--out", str(tmp_path / "r")]
+    assert main([*args, flag, "0"]) == 1
+    assert "temperature must be > 0" in capsys.readouterr().err
+    assert not data.exists()  # refused before any data set was generated

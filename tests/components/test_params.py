@@ -28,6 +28,7 @@ def test_the_project_params_train_mmrf_with_the_simulator() -> None:
         ("multitask", False, False, "attention", "simulated"),
         ("mmrf", True, True, "attention", "simulated"),
         ("mmrf_co", True, True, "concat", "simulated"),
+        ("mmrf_nc", True, True, "none", "simulated"),
         ("mmrf_da", True, False, "attention", "none"),
         ("mmrf_ns", True, False, "attention", "negative"),
         ("tscac", True, False, "none", "none"),

@@ -43,7 +43,7 @@ from models.mmrf import (
 )
 
 SMALL = AgentsConfig(epochs=1, rounds=1, dim=8, heads=2, hidden=16, batch_size=256)
-VARIANTS = ("mmrf", "mmrf_co", "mmrf_da", "mmrf_ns", "tscac")
+VARIANTS = ("mmrf", "mmrf_co", "mmrf_nc", "mmrf_da", "mmrf_ns", "tscac")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -168,6 +168,29 @@ def test_concat_collaboration_ignores_own_embedding() -> None:
     torch.testing.assert_close(x2[:, target], x[:, target])
     others = [i for i in range(j) if i != target]
     assert (x2[:, others] - x[:, others]).abs().amax(-1).min() > 1e-4
+
+
+@pytest.mark.parametrize(("variant", "reads_aux"), [("mmrf", True), ("mmrf_nc", False)])
+def test_watch_time_actor_reads_the_auxiliary_actions_unless_nc(
+    space: FeatureSpace, variant: str, reads_aux: bool
+) -> None:
+    """Eq. 3: a_0 takes a_1..a_J−1 as inputs, so changing only the auxiliary actors moves
+    MMRF's WatchTime scores; MMRF-NC's stay exactly the same (independent agents)."""
+    torch.manual_seed(0)
+    actor, _ = build_networks(space, with_variant(SMALL, variant))
+    args = (
+        torch.tensor([1, 2]),
+        torch.zeros(2, 3),
+        torch.zeros(2, 6),
+        torch.tensor([[1, 2, 3], [4, 5, 6]]),
+    )
+    with torch.no_grad():
+        before = actor(*args).actions
+        actor.aux.out_b.add_(torch.arange(1.0, len(AGENTS)))  # aux actors only
+        after = actor(*args).actions
+    assert (after[..., 1:] - before[..., 1:]).abs().min() > 0.5  # the aux actions moved
+    moved = (after[..., 0] - before[..., 0]).abs().max().item()
+    assert (moved > 1e-4) if reads_aux else (moved == 0.0)
 
 
 def test_no_collaboration_gives_zero_messages(space: FeatureSpace) -> None:
@@ -575,8 +598,9 @@ def test_mmrf_with_labeller_refits_between_rounds(tiny: dict[str, pd.DataFrame])
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "mmrf"])
 def test_every_variant_trains_one_epoch(tiny: dict[str, pd.DataFrame], variant: str) -> None:
     config = with_variant(SMALL, variant)
-    # MMRF-CO keeps the simulated non-impressions, so it needs a labeller too
-    labeller = StubLabeller(tiny["non_impressions"]) if variant == "mmrf_co" else None
+    # MMRF-CO and MMRF-NC keep the simulated non-impressions, so they need a labeller too
+    simulated = variant in ("mmrf_co", "mmrf_nc")
+    labeller = StubLabeller(tiny["non_impressions"]) if simulated else None
     messages: list[str] = []
     agents = _train(tiny, config, seed=0, labeller=labeller, progress=messages.append)
     history = agents.metrics["train_history"]
@@ -589,12 +613,12 @@ def test_every_variant_trains_one_epoch(tiny: dict[str, pd.DataFrame], variant: 
         "mmrf_da": "collab.attn.in_proj_weight",
         "mmrf_ns": "collab.attn.in_proj_weight",
     }
-    if variant == "tscac":
+    if variant in ("tscac", "mmrf_nc"):
         assert not any(k.startswith("collab.") for k in keys)
         assert "main.extra" not in keys  # no communication: a_0 does not read a_j
     else:
         assert expected_collab[variant] in keys and "main.extra" in keys
-    if variant in ("mmrf_ns", "mmrf_co"):
+    if variant in ("mmrf_ns", "mmrf_co", "mmrf_nc"):
         assert candidates > 6 * n_train  # the sampled non-impressions were added
     else:
         assert candidates == 6 * n_train  # impressions only
