@@ -18,14 +18,13 @@ import time
 import numpy as np
 
 from components.experiments import (
-    ORACLE,
     SUPERVISED,
     ExperimentConfig,
+    method_labellers,
     train_method,
     true_metrics,
 )
 from components.io import read_meta, read_table
-from components.simulator import SimulatorLabeller, TruthLabeller, fit_simulator
 from components.training import split_by_day
 from components.world import ScoredRankingPolicy, World, WorldConfig
 
@@ -50,14 +49,7 @@ def main() -> None:
     world = World(WorldConfig.from_dict(meta.params["world"]), seed=meta.seed)
     config = ExperimentConfig()
     train_ids = np.asarray(split_by_day(tables["requests"], config.holdout_days).train_request_ids)
-    simulator: dict[str, object] = {}
-
-    def labeller(method: str) -> SimulatorLabeller | TruthLabeller:
-        if method == ORACLE:
-            return TruthLabeller(tables, tables["truth"])
-        if "fit" not in simulator:
-            simulator["fit"] = fit_simulator(tables, seed=args.seed, request_ids=train_ids)
-        return SimulatorLabeller(simulator["fit"], tables, seed=args.seed)
+    labeller = method_labellers(tables, tables.get("truth"), train_ids, args.seed)
 
     print(f"data: {args.data_dir} ({meta.source}, {meta.preset}), seed {args.seed}")
     print("true session watch time (s) by Plackett–Luce temperature T")

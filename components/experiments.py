@@ -274,6 +274,34 @@ def train_method(
     )
 
 
+def method_labellers(
+    tables: Mapping[str, pd.DataFrame],
+    truth: pd.DataFrame | None,
+    train_ids: np.ndarray,
+    seed: int,
+    progress: Callable[[str], None] = print,
+) -> Callable[[str], Any]:
+    """The ``labeller_factory`` of :func:`train_method` for one seed: ``mmrf_oracle`` gets a
+    ``TruthLabeller`` on ``truth``; every other simulating method shares one feedback
+    simulator, fitted on ``train_ids`` the first time a method asks for it."""
+    from components.simulator import SimulatorLabeller, TruthLabeller, fit_simulator
+
+    cache: dict[str, Any] = {}
+
+    def labeller(method: str) -> Any:
+        if method == ORACLE:
+            if truth is None:
+                raise ValueError(f"{ORACLE} needs the world's truth table; this data has none")
+            return TruthLabeller(tables, truth)
+        if "sim" not in cache:
+            t0 = time.perf_counter()
+            cache["sim"] = fit_simulator(tables, seed=seed, request_ids=train_ids)
+            progress(f"  seed {seed}: simulator fitted in {time.perf_counter() - t0:.0f} s")
+        return SimulatorLabeller(cache["sim"], tables, seed=seed)
+
+    return labeller
+
+
 def run_experiment(
     data_dir: str | Path,
     config: ExperimentConfig,
@@ -281,7 +309,6 @@ def run_experiment(
 ) -> pd.DataFrame:
     """Every method × seed: train, score offline, and (world data) roll out. Long format:
     columns ``method, seed, metric, value``."""
-    from components.simulator import SimulatorLabeller, TruthLabeller, fit_simulator
     from components.world import LoggingPolicy, ScoredRankingPolicy, World, WorldConfig
 
     meta = read_meta(data_dir)
@@ -315,20 +342,9 @@ def run_experiment(
             for k, v in metrics.items()
         )
 
+    train_ids = np.asarray(split.train_request_ids)
     for seed in config.seeds:
-        sim_cache: dict[str, Any] = {}
-
-        def labeller(method: str, seed: int = seed, cache: dict[str, Any] = sim_cache) -> Any:
-            if method == ORACLE:
-                return TruthLabeller(tables, truth)
-            if "sim" not in cache:
-                t0 = time.perf_counter()
-                cache["sim"] = fit_simulator(
-                    tables, seed=seed, request_ids=np.asarray(split.train_request_ids)
-                )
-                progress(f"  seed {seed}: simulator fitted in {time.perf_counter() - t0:.0f} s")
-            return SimulatorLabeller(cache["sim"], tables, seed=seed)
-
+        labeller = method_labellers(tables, truth, train_ids, seed, progress)
         if world is not None:
             add("logging", seed, true_metrics(world, LoggingPolicy(), 1000 + seed, 1))
         if logging_cands is not None:
