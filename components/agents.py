@@ -224,10 +224,13 @@ def train_agents(
     quiet: bool = True,
     threads: int | None = None,
     progress: Callable[[str], None] | None = None,
+    inspect: Callable[[AgentsModule], None] | None = None,
 ) -> TrainedAgents:
     """Fit the agents on all but the last ``holdout_days`` days (module docstring).
 
-    ``labeller`` is required when ``config.non_impressions == "simulated"``.
+    ``labeller`` is required when ``config.non_impressions == "simulated"``. ``inspect`` is
+    called once with the trained module (actor and critics), for diagnostics; only the
+    actor is kept in the result.
     """
     config = config or AgentsConfig()
     if config.non_impressions == "simulated" and labeller is None:
@@ -281,6 +284,8 @@ def train_agents(
             refit = labeller is not None and config.non_impressions == "simulated"
             if refit and rnd + 1 < config.rounds:
                 labeller.refit(_policy_ratio_weights(module, data_r))
+    if inspect is not None:
+        inspect(module)
     state = {k: v.detach().clone() for k, v in module.actor.state_dict().items()}
     metrics = {"train_history": module.history, "reward_scale": base.reward_scale().tolist()}
     return TrainedAgents(state, config, fs, name=name, metrics=metrics)

@@ -283,6 +283,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         config = replace(config, agents=replace(config.agents, epochs=args.agent_epochs))
     if args.agent_temperature is not None:
         config = replace(config, agents=replace(config.agents, temperature=args.agent_temperature))
+    if args.critic is not None:
+        config = replace(config, agents=replace(config.agents, critic=args.critic))
     if args.ranker_temperature is not None:
         config = replace(config, ranker=replace(config.ranker, temperature=args.ranker_temperature))
     data_dir = Path(args.data_dir)
@@ -479,6 +481,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="mmrf: Plackett–Luce temperature of the agents' WatchTime scores (default 0.1)",
+    )
+    ex.add_argument(
+        "--critic",
+        choices=("split", "joint"),
+        default=None,
+        help="mmrf: the agents' critic, immediate reward and continuation regressed apart "
+        "(split) or together (joint); default: AgentsConfig's",
     )
     ex.add_argument("--out", default="docs/results")
     ex.add_argument(

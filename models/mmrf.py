@@ -38,8 +38,14 @@ q_j(s, i)``, which is differentiable in the action, so the deterministic policy 
 Critic target (TD blended with the logged Monte-Carlo return, η = ``mc_weight``; ``K``
 slots share a request's future)::
 
-    y_j = r_j(s, i) + γ·c·[(1 − η)·Q̄_j(s', a_j(s')) + η·G_j(s') / K]
-    L_critic = Σ_j mean_i (q_j(s, i) − y_j)²             (rewards scaled per agent)
+    y_j = r_j(s, i) + γ·c·[(1 − η)·Q̄_j(s', a_j(s')) + η·G_j(s') / K]  =  r_j + γ·F_j(s)
+
+``critic="split"`` regresses the two parts of the target apart, ``q_j = r̂_j + γ·f_j``::
+
+    L_critic = Σ_j mean_i [(r̂_j(s, i) − r_j(s, i))² + (f_j(s, i) − F_j(s))²]
+
+with ``f`` on a stop-gradient of the encoder (:class:`Critics`); the default ``"joint"``
+regresses one ``q_j`` on ``y_j`` (rewards are scaled per agent either way).
 
 ``Q̄`` uses a Polyak-averaged target critic. The session's state (fatigue) is hidden from
 the logged features, so a pure TD target cannot see a clickbait's later cost; the
@@ -74,6 +80,7 @@ from models.config import config_from_dict
 
 N_AGENTS = 7
 COLLABORATION = ("attention", "concat", "none")
+CRITICS = ("split", "joint")
 NON_IMPRESSIONS = ("simulated", "none", "negative")
 
 
@@ -88,6 +95,9 @@ class AgentsConfig:
         ``aux_actions`` (True): the WatchTime actor takes the auxiliary actions as inputs
         (Eq. 3). With ``collaboration="none"`` and False the agents do not communicate at
         all: MMRF-NC, which answers whether collaboration matters, not only its form.
+        ``critic`` ("joint"): one ``q`` regressed on the summed target; "split" is
+        ``q = r̂ + γ·f`` with the immediate reward and the continuation regressed apart
+        (:class:`Critics`; measured in docs/results/aligned_world_split).
         ``non_impressions`` ("simulated"): labelled by the feedback simulator (MMRF),
         "none" (MMRF-DA), "negative" (MMRF-NS, constant reward ``negative_reward``·mean).
         ``label_share`` (0.25): share of logged non-impressions sampled per round.
@@ -116,6 +126,7 @@ class AgentsConfig:
     collaboration: str = "attention"
     two_stage: bool = False
     aux_actions: bool = True
+    critic: str = "joint"
     non_impressions: str = "simulated"
     negative_reward: float = 1.0
     label_share: float = 0.25
@@ -142,6 +153,8 @@ class AgentsConfig:
                 f"AgentsConfig.collaboration must be one of {COLLABORATION}, "
                 f"got {self.collaboration!r}"
             )
+        if self.critic not in CRITICS:
+            raise ValueError(f"AgentsConfig.critic must be one of {CRITICS}, got {self.critic!r}")
         if self.non_impressions not in NON_IMPRESSIONS:
             raise ValueError(
                 f"AgentsConfig.non_impressions must be one of {NON_IMPRESSIONS}, "
@@ -346,19 +359,51 @@ class RankingAgents(nn.Module):
 
 
 class Critics(nn.Module):
-    """``q_j(s, i)`` for every agent j, ``(B, C, J)``."""
+    """``q_j(s, i)`` for every agent j, ``(B, C, J)``.
+
+    ``split=True`` (``AgentsConfig.critic="split"``)::
+
+        q_j(s, i) = r̂_j(s, i) + γ·f_j(s, i)
+
+    ``r̂`` (scorer ``q``) regresses the immediate reward, ``f`` (scorer ``f``) the value of
+    what follows (:func:`continuation_targets`), each on its own part of the target
+    (:meth:`parts`). ``f`` reads the encoder's outputs without training them: the
+    continuation is a session-level Monte-Carlo/TD quantity several times larger and far
+    noisier than one item's reward, and its gradient would otherwise dominate the encoder
+    (``bench/critic_quality.py`` compares split and joint; figures in bench/RESULTS.md).
+    ``split=False``: one scorer per agent regressed on the sum, the encoder trained by all
+    of it.
+    """
 
     def __init__(self, encoder: Encoder, config: AgentsConfig, n_agents: int = N_AGENTS) -> None:
         super().__init__()
         self.encoder, self.n = encoder, n_agents
+        self.split, self.gamma = config.critic == "split", config.gamma
         self.q = PairScorer(n_agents, config.dim, config.dim, config.hidden)
+        self.f = PairScorer(n_agents, config.dim, config.dim, config.hidden) if self.split else None
+
+    def _encode(
+        self, user_row: Tensor, context: Tensor, history: Tensor, item_row: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        s = self.encoder.state(user_row, context, history)
+        return s[:, None, :].expand(-1, self.n, -1), self.encoder.item(item_row)
+
+    def parts(
+        self, user_row: Tensor, context: Tensor, history: Tensor, item_row: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """``(r̂ (B, C, J), f (B, C, J))`` of a split critic."""
+        if self.f is None:
+            raise ValueError("Critics.parts needs a split critic (AgentsConfig.critic='split')")
+        s, v = self._encode(user_row, context, history, item_row)
+        return self.q(s, v), self.f(s.detach(), v.detach())
 
     def forward(
         self, user_row: Tensor, context: Tensor, history: Tensor, item_row: Tensor
     ) -> Tensor:
-        s = self.encoder.state(user_row, context, history)
-        v = self.encoder.item(item_row)
-        return self.q(s[:, None, :].expand(-1, self.n, -1), v)
+        if self.f is None:
+            return self.q(*self._encode(user_row, context, history, item_row))
+        r_hat, f = self.parts(user_row, context, history, item_row)
+        return r_hat + self.gamma * f
 
 
 def masked_log_softmax(scores: Tensor, mask: Tensor, dim: int = 1) -> Tensor:
@@ -372,6 +417,22 @@ def policy_value(log_pi: Tensor, q: Tensor, mask: Tensor) -> Tensor:
     return (pi * q).sum(dim=1)
 
 
+def continuation_targets(
+    continues: Tensor,
+    next_value: Tensor,
+    returns: Tensor,
+    mc_weight: float,
+    slate_size: int,
+) -> Tensor:
+    """``c·[(1 − η)·Q̄(s') + η·G/K]``, the value of what follows a request: ``(B, J)``.
+
+    ``continues (B,)``, ``next_value (B, J)`` (0 where there is no next request),
+    ``returns (B, J)`` the discounted rewards of the following requests.
+    """
+    future = (1.0 - mc_weight) * next_value + mc_weight * returns / slate_size
+    return continues[:, None] * future
+
+
 def critic_targets(
     rewards: Tensor,
     continues: Tensor,
@@ -383,11 +444,16 @@ def critic_targets(
 ) -> Tensor:
     """``y = r + γ·c·[(1 − η)·Q̄(s') + η·G/K]`` broadcast over candidates: ``(B, C, J)``.
 
-    ``rewards (B, C, J)``, ``continues (B,)``, ``next_value (B, J)`` (0 where there is no
-    next request), ``returns (B, J)`` the discounted rewards of the following requests.
+    ``rewards (B, C, J)``; the rest as in :func:`continuation_targets`.
     """
-    future = (1.0 - mc_weight) * next_value + mc_weight * returns / slate_size
-    return rewards + gamma * continues[:, None, None] * future[:, None, :]
+    cont = continuation_targets(continues, next_value, returns, mc_weight, slate_size)
+    return rewards + gamma * cont[:, None, :]
+
+
+def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``(pred − target)²`` over unmasked candidates and agents (``mask (B, C)``)."""
+    m = mask[..., None].to(pred.dtype).expand_as(pred)
+    return (((pred - target) ** 2) * m).sum() / m.sum().clamp_min(1.0)
 
 
 def bc_log_likelihood(log_pi: Tensor, shown: Tensor) -> Tensor:
@@ -451,7 +517,6 @@ class AgentsModule(L.LightningModule):
         mask, shown = b["mask"], b["shown"]
         scale = self.reward_scale
         # ---- critic
-        q = self.critic(*self._inputs(b))
         with torch.no_grad():
             nxt = b["next_index"]
             has_next = nxt >= 0
@@ -460,17 +525,19 @@ class AgentsModule(L.LightningModule):
             a_next = self.actor(*self._inputs(nb)).actions
             logp_next = masked_log_softmax(a_next, nb["mask"][..., None].expand_as(a_next))
             v_next = policy_value(logp_next, q_next, nb["mask"]) * has_next[:, None]
-            y = critic_targets(
-                b["rewards"] / scale,
-                b["continues"],
-                v_next,
-                b["returns"] / scale,
-                cfg.gamma,
-                cfg.mc_weight,
-                self.slate_size,
+            r = b["rewards"] / scale
+            cont = continuation_targets(
+                b["continues"], v_next, b["returns"] / scale, cfg.mc_weight, self.slate_size
             )
-        m = mask[..., None].float()
-        critic_loss = (((q - y) ** 2) * m).sum() / (m.sum() * q.shape[-1])
+        if self.critic.split:
+            r_hat, f = self.critic.parts(*self._inputs(b))
+            q = r_hat + cfg.gamma * f
+            critic_loss = masked_mse(r_hat, r, mask) + masked_mse(
+                f, cont[:, None, :].expand_as(f), mask
+            )
+        else:
+            q = self.critic(*self._inputs(b))
+            critic_loss = masked_mse(q, r + cfg.gamma * cont[:, None, :], mask)
         # ---- actor
         out = self.actor(*self._inputs(b))
         logp = masked_log_softmax(out.actions, mask[..., None].expand_as(out.actions))

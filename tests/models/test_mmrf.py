@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pandas as pd
 import pytest
@@ -36,6 +37,7 @@ from models.mmrf import (
     ConcatCollaboration,
     RankingAgents,
     bc_log_likelihood,
+    continuation_targets,
     critic_targets,
     kl_to,
     masked_log_softmax,
@@ -226,6 +228,76 @@ def test_critic_targets_known_answer() -> None:
         critic_targets(rewards, continues, next_value, returns, 0.5, 1.0, 3)[0, 0],
         torch.tensor([1.0 + 1.0, 0.0 + 0.5]),
     )
+
+
+def test_continuation_targets_known_answer() -> None:
+    # γ-free part of the target: c·[(1 − η)·Q̄(s') + η·G/K], η = 0.25, K = 3
+    continues = torch.tensor([1.0, 0.0])
+    next_value = torch.tensor([[4.0, 2.0], [9.0, 9.0]])
+    returns = torch.tensor([[6.0, 3.0], [9.0, 9.0]])
+    cont = continuation_targets(continues, next_value, returns, 0.25, 3)
+    torch.testing.assert_close(cont, torch.tensor([[3.5, 1.75], [0.0, 0.0]]))
+
+
+def test_split_critic_is_immediate_plus_discounted_continuation(space: FeatureSpace) -> None:
+    torch.manual_seed(0)
+    config = replace(SMALL, critic="split", gamma=0.7)
+    _, critic = build_networks(space, config)
+    user = torch.tensor([0, 1])
+    context, history = torch.randn(2, 3), torch.randn(2, 6)
+    items = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    r_hat, f = critic.parts(user, context, history, items)
+    assert r_hat.shape == f.shape == (2, 3, len(AGENTS))
+    torch.testing.assert_close(critic(user, context, history, items), r_hat + 0.7 * f)
+    _, joint = build_networks(space, replace(config, critic="joint"))
+    with pytest.raises(ValueError, match="split critic"):
+        joint.parts(user, context, history, items)
+    with pytest.raises(ValueError, match="critic must be one of"):
+        AgentsConfig(critic="shared")
+
+
+def _critic_grads(
+    tiny: dict[str, pd.DataFrame], space: FeatureSpace, config: AgentsConfig, returns_scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of the critic loss, with the logged returns multiplied by ``returns_scale``:
+    on the encoder and immediate scorer ``q`` together, and on the continuation scorer ``f``
+    (empty for a joint critic)."""
+    torch.manual_seed(0)
+    actor, critic = build_networks(space, config)
+    ids = tiny["requests"]["request_id"].to_numpy()[:200]
+    data = build_agent_data(tiny, space, ids, config.gamma)
+    module = AgentsModule(
+        actor, critic, config, torch.from_numpy(data.reward_scale()), data.slate_size
+    )
+    tensors = _tensors(data)
+    tensors["returns"] = tensors["returns"] * returns_scale
+    module.set_data(tensors)
+    critic_loss, _, _ = module.losses(torch.arange(len(data)))
+    critic_loss.backward()
+
+    def flat(m: nn.Module | None) -> torch.Tensor:
+        if m is None:
+            return torch.zeros(0)
+        return torch.cat([p.grad.ravel() for p in m.parameters() if p.grad is not None])
+
+    return torch.cat([flat(critic.encoder), flat(critic.q)]), flat(critic.f)
+
+
+def test_split_critic_keeps_the_continuation_out_of_the_immediate_heads(
+    tiny: dict[str, pd.DataFrame], space: FeatureSpace
+) -> None:
+    # r̂ regresses on the rewards only and f does not train the encoder: scaling the
+    # Monte-Carlo returns changes f's gradient and leaves the encoder's and r̂'s unchanged;
+    # in the joint critic the same change moves the encoder's and the heads' gradient
+    config = replace(SMALL, critic="split", mc_weight=1.0)
+    shared_1, cont_1 = _critic_grads(tiny, space, config, 1.0)
+    shared_5, cont_5 = _critic_grads(tiny, space, config, 5.0)
+    torch.testing.assert_close(shared_1, shared_5)
+    assert cont_1.numel() and not torch.allclose(cont_1, cont_5)
+    joint = replace(config, critic="joint")
+    j_1, none = _critic_grads(tiny, space, joint, 1.0)
+    j_5, _ = _critic_grads(tiny, space, joint, 5.0)
+    assert none.numel() == 0 and not torch.allclose(j_1, j_5)
 
 
 def _masked_example() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -514,6 +586,23 @@ def test_training_is_deterministic(tiny: dict[str, pd.DataFrame], trained: Train
         assert torch.equal(v, again.state_dict[k]), k
     other = _train(tiny, config, seed=1)
     assert any(not torch.equal(v, other.state_dict[k]) for k, v in trained.state_dict.items())
+
+
+def test_split_critic_trains_and_inspect_sees_the_trained_module(
+    tiny: dict[str, pd.DataFrame],
+) -> None:
+    seen: list[AgentsModule] = []
+    config = with_variant(replace(SMALL, critic="split"), "mmrf_ns")
+    model = _train(tiny, config, seed=0, inspect=seen.append)
+    assert len(seen) == 1 and seen[0].critic.split
+    for k, v in seen[0].actor.state_dict().items():
+        assert torch.equal(v, model.state_dict[k]), k  # the returned actor is the inspected one
+    # the continuation scorer was trained: train_agents seeds everything, then builds the
+    # networks, so the same two steps give its initial weights
+    L.seed_everything(0)
+    fresh = build_networks(model.feature_space, config)[1]
+    assert not torch.equal(fresh.f.out_w, seen[0].critic.f.out_w)
+    assert np.isfinite(model.metrics["train_history"][-1]["critic_loss"])
 
 
 def _score_inputs(tiny: dict[str, pd.DataFrame]) -> dict[str, np.ndarray]:
