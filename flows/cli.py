@@ -305,21 +305,39 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kuairand_logs(kuairand_dir: str | None) -> tuple[Path | None, tuple[Path, ...]]:
+    """``(directory, interaction logs)`` of real KuaiRand data: ``kuairand_dir`` when given
+    (a directory without KuaiRand files is a ``DataError``), else the one found next to the
+    repository (``find_kuairand_dir``), else ``(None, ())``."""
+    from components.io import DataError
+    from components.kuairand import find_kuairand_files
+    from components.world.config import find_kuairand_dir
+
+    if kuairand_dir:
+        return Path(kuairand_dir), find_kuairand_files(kuairand_dir).logs
+    found = find_kuairand_dir()
+    if found is None:
+        return None, ()
+    try:
+        return found, find_kuairand_files(found).logs
+    except DataError:
+        return None, ()
+
+
 def _simulator_experiment(args: argparse.Namespace) -> int:
     """World data (generated if missing) and, when present, the real KuaiRand log."""
     import tempfile
 
     from components.experiments import render_simulator_markdown, simulator_report
     from components.kuairand import import_kuairand
-    from components.world.config import find_kuairand_dir
 
+    kdir, logs = _kuairand_logs(args.kuairand_dir)
     data_dir = Path(args.data_dir)
     if not _ensure_world_data(data_dir):
         return 1
     reports = {"world": simulator_report(data_dir)}
     _say(f"world: held-out click AUC {reports['world']['auc']['is_click']:.4f}")
-    kdir = Path(args.kuairand_dir) if args.kuairand_dir else find_kuairand_dir()
-    if kdir is not None and any(Path(kdir).glob("log_*.csv")):
+    if kdir is not None and logs:
         with tempfile.TemporaryDirectory() as tmp:
             import_kuairand(kdir, tmp)
             reports["KuaiRand"] = simulator_report(tmp)
@@ -337,7 +355,6 @@ def _simulator_experiment(args: argparse.Namespace) -> int:
 def _calibration_experiment(args: argparse.Namespace) -> int:
     """Play time against video length under random exposure: the KuaiRand log (when
     present), the demo world (seed 0) and, with ``--world``, the demo world so changed."""
-    from components.kuairand import find_kuairand_files
     from components.world import WorldConfig
     from components.world.calibration import (
         PlayByDuration,
@@ -346,12 +363,10 @@ def _calibration_experiment(args: argparse.Namespace) -> int:
         random_slice,
         render_calibration_markdown,
     )
-    from components.world.config import find_kuairand_dir
     from components.world.dataset import generate_dataset
 
     results: dict[str, PlayByDuration] = {}
-    kdir = Path(args.kuairand_dir) if args.kuairand_dir else find_kuairand_dir()
-    logs = find_kuairand_files(kdir).logs if kdir is not None else ()
+    _, logs = _kuairand_logs(args.kuairand_dir)
     if logs:
         log = kuairand_random_log([str(p) for p in logs])
         results["KuaiRand (random exposure)"] = play_by_duration(

@@ -90,3 +90,26 @@ def test_calibration_command_reports_that_watch_duration_sets_the_elasticity(
     default = float(rows["world (demo), random slice"])
     steeper = float(rows["world (demo, feedback.watch_duration=-1.25), random slice"])
     assert default > steeper + 0.3
+
+
+@pytest.mark.parametrize("name", ["simulator", "calibration"])
+def test_kuairand_experiments_refuse_a_directory_without_kuairand_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    empty, data, out = tmp_path / "empty", tmp_path / "data", tmp_path / "r"
+    empty.mkdir()
+    args = ["experiment", name, "--kuairand-dir", str(empty), "--data-dir", str(data)]
+    assert main([*args, "--out", str(out)]) == 1
+    assert "no KuaiRand file" in capsys.readouterr().err
+    assert not data.exists() and not out.exists()  # refused before any work
+
+
+def test_an_auto_found_directory_without_kuairand_files_means_no_real_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.cli import _kuairand_logs
+
+    monkeypatch.setenv("RELAYREC_KUAIRAND_DIR", str(tmp_path))  # exists, holds nothing
+    assert _kuairand_logs(None) == (None, ())
+    (tmp_path / "log_random_4_22_to_5_08_pure.csv").write_text("user_id\n")
+    assert _kuairand_logs(None) == (tmp_path, (tmp_path / "log_random_4_22_to_5_08_pure.csv",))
