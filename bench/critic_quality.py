@@ -21,15 +21,13 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from components.agents import train_agents, with_variant
+from components.agents import request_tensors
 from components.experiments import (
-    ORACLE,
     ExperimentConfig,
     HeldOut,
     TrueCandidates,
@@ -40,7 +38,7 @@ from components.experiments import (
     true_candidates,
     true_metrics,
 )
-from components.features import FeatureSpace, context_features, history_features
+from components.features import FeatureSpace
 from components.io import read_meta, read_table
 from components.training import split_by_day
 from components.world import ScoredRankingPolicy, World, WorldConfig
@@ -80,42 +78,14 @@ class Truth:
 
     def critic_scores(self, module: AgentsModule, fs: FeatureSpace) -> dict[str, float]:
         """``critic`` and ``r_hat`` columns of a trained module."""
-        s, items = self.held.slates, self.cands.items
-        x = (
-            torch.from_numpy(fs.user_rows(s.user_id)),
-            torch.from_numpy(context_features(s.hour, s.position)),
-            torch.from_numpy(history_features(s.history)),
-            torch.from_numpy(fs.item_rows(items.ravel()).reshape(items.shape)),
-        )
+        s = self.held.slates
+        x = request_tensors(fs, s.user_id, self.cands.items, s.hour, s.position, s.history)
         module.eval()
         with torch.inference_mode():
             out = {"critic": self.corr(module.critic(*x)[..., 0].numpy())}
             if module.critic.split:
                 out["r_hat"] = self.corr(module.critic.parts(*x)[0][..., 0].numpy())
         return out
-
-
-def train_agents_with_critic(
-    tables: dict[str, pd.DataFrame],
-    config: ExperimentConfig,
-    method: str,
-    seed: int,
-    labellers: Any,
-    truth: Truth,
-) -> tuple[Any, dict[str, float]]:
-    """Train one agent method as the experiment does; also score its critic."""
-    agents = with_variant(config.agents, "mmrf" if method == ORACLE else method)
-    caught: list[AgentsModule] = []
-    model = train_agents(
-        tables,
-        agents,
-        seed=seed,
-        holdout_days=config.holdout_days,
-        labeller=labellers(method) if agents.non_impressions == "simulated" else None,
-        name=method,
-        inspect=caught.append,
-    )
-    return model, truth.critic_scores(caught[0], model.feature_space)
 
 
 def main() -> None:
@@ -156,9 +126,9 @@ def main() -> None:
                 name = method
             else:
                 config = replace(base, agents=replace(base.agents, critic=critic))
-                model, row = train_agents_with_critic(
-                    tables, config, method, seed, labellers, truth
-                )
+                caught: list[AgentsModule] = []
+                model = train_method(method, tables, config, seed, labellers, caught.append)
+                row = truth.critic_scores(caught[0], model.feature_space)
                 scores = model.score(s.user_id, items, s.hour, s.position, s.history)
                 name = f"{method} ({critic} critic)"
             row["actor"] = truth.corr(scores)

@@ -91,6 +91,24 @@ def _tensors(data: AgentData) -> dict[str, torch.Tensor]:
     }
 
 
+def request_tensors(
+    fs: FeatureSpace,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    hour: np.ndarray,
+    position: np.ndarray,
+    history: np.ndarray,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The networks' inputs ``(user_row, context, history, item_row)`` of requests: user ids,
+    hours and positions ``(R,)``, session history ``(R, 6)``, candidates ``(R, C)``."""
+    return (
+        torch.from_numpy(fs.user_rows(user_ids)),
+        torch.from_numpy(context_features(hour, position)),
+        torch.from_numpy(history_features(history)),
+        torch.from_numpy(fs.item_rows(item_ids)),
+    )
+
+
 @dataclass(frozen=True, eq=False)
 class TrainedAgents:
     """Trained ranking agents: actor weights, config, feature space, reward scales, metrics.
@@ -139,11 +157,9 @@ class TrainedAgents:
         pos_a = np.broadcast_to(np.asarray(position).reshape(-1), (r,))
         hist = np.zeros((r, 6)) if history is None else np.asarray(history, dtype=np.float64)
         hist = np.broadcast_to(hist.reshape(-1, 6), (r, 6))
-        fs = self.feature_space
-        user_row = torch.from_numpy(fs.user_rows(users))
-        context = torch.from_numpy(context_features(hour_a, pos_a))
-        hfeat = torch.from_numpy(history_features(hist))
-        item_row = torch.from_numpy(fs.item_rows(items))
+        user_row, context, hfeat, item_row = request_tensors(
+            self.feature_space, users, items, hour_a, pos_a, hist
+        )
         step = max(1, SCORE_CHUNK // max(1, items.shape[1]))
         parts = []
         with torch.inference_mode():

@@ -253,9 +253,11 @@ def train_method(
     config: ExperimentConfig,
     seed: int,
     labeller_factory: Callable[[str], Any],
+    inspect: Callable[[Any], None] | None = None,
 ) -> Policy:
     """Train one method on the training days; ``labeller_factory(method)`` gives the
-    non-impression labeller of a method that simulates them (MMRF, MMRF-CO, the oracle)."""
+    non-impression labeller of a method that simulates them (MMRF, MMRF-CO, the oracle).
+    ``inspect`` is passed to ``train_agents`` (agent methods only: the trained module)."""
     if method in SUPERVISED:
         from dataclasses import replace
 
@@ -271,6 +273,7 @@ def train_method(
         holdout_days=config.holdout_days,
         labeller=labeller,
         name=method,
+        inspect=inspect,
     )
 
 

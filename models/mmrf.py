@@ -377,10 +377,18 @@ class Critics(nn.Module):
 
     def __init__(self, encoder: Encoder, config: AgentsConfig, n_agents: int = N_AGENTS) -> None:
         super().__init__()
-        self.encoder, self.n = encoder, n_agents
-        self.split, self.gamma = config.critic == "split", config.gamma
+        self.encoder, self.n, self.gamma = encoder, n_agents, config.gamma
         self.q = PairScorer(n_agents, config.dim, config.dim, config.hidden)
-        self.f = PairScorer(n_agents, config.dim, config.dim, config.hidden) if self.split else None
+        self.f = (
+            PairScorer(n_agents, config.dim, config.dim, config.hidden)
+            if config.critic == "split"
+            else None
+        )
+
+    @property
+    def split(self) -> bool:
+        """Whether the critic is split into ``r̂`` and ``f``."""
+        return self.f is not None
 
     def _encode(
         self, user_row: Tensor, context: Tensor, history: Tensor, item_row: Tensor
@@ -525,10 +533,15 @@ class AgentsModule(L.LightningModule):
             a_next = self.actor(*self._inputs(nb)).actions
             logp_next = masked_log_softmax(a_next, nb["mask"][..., None].expand_as(a_next))
             v_next = policy_value(logp_next, q_next, nb["mask"]) * has_next[:, None]
-            r = b["rewards"] / scale
-            cont = continuation_targets(
-                b["continues"], v_next, b["returns"] / scale, cfg.mc_weight, self.slate_size
-            )
+            r, returns = b["rewards"] / scale, b["returns"] / scale
+            if self.critic.split:
+                cont = continuation_targets(
+                    b["continues"], v_next, returns, cfg.mc_weight, self.slate_size
+                )
+            else:
+                y = critic_targets(
+                    r, b["continues"], v_next, returns, cfg.gamma, cfg.mc_weight, self.slate_size
+                )
         if self.critic.split:
             r_hat, f = self.critic.parts(*self._inputs(b))
             q = r_hat + cfg.gamma * f
@@ -537,7 +550,7 @@ class AgentsModule(L.LightningModule):
             )
         else:
             q = self.critic(*self._inputs(b))
-            critic_loss = masked_mse(q, r + cfg.gamma * cont[:, None, :], mask)
+            critic_loss = masked_mse(q, y, mask)
         # ---- actor
         out = self.actor(*self._inputs(b))
         logp = masked_log_softmax(out.actions, mask[..., None].expand_as(out.actions))
