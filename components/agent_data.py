@@ -17,7 +17,7 @@ aspect; the Hate agent's reward is ``−is_hate`` so that every agent maximises 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -201,3 +201,92 @@ def build_agent_data(
         returns=returns.astype(np.float32),
         slate_size=k,
     )
+
+
+CREDIT_FEATURES: tuple[str, ...] = ("watch_fraction", *AGENTS[1:])
+"""An item's feedback as the session-credit regression reads it (:func:`credit_features`)."""
+
+
+def item_durations_s(items: pd.DataFrame) -> pd.Series:
+    """Video duration in seconds by ``item_id`` (at least 1 s; live items have none)."""
+    dur = pd.to_numeric(items["video_duration"], errors="coerce").fillna(0.0) / 1000.0
+    return pd.Series(np.maximum(dur.to_numpy(np.float64), 1.0), index=items["item_id"].to_numpy())
+
+
+def credit_features(rewards: np.ndarray, duration_s: np.ndarray) -> np.ndarray:
+    """``φ (..., F)``: the watch fraction ``play / duration`` (clipped to [0, 2]), then the
+    auxiliary agents' signed rewards (``CREDIT_FEATURES``); ``rewards (..., A)`` in
+    ``AGENTS`` order, ``duration_s`` the shape of ``rewards[..., 0]``."""
+    frac = np.clip(rewards[..., 0] / np.maximum(duration_s, 1.0), 0.0, 2.0)
+    return np.concatenate([frac[..., None], rewards[..., 1:]], axis=-1).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class SessionCredit:
+    """What an item's feedback does to the rest of the session, ``c_i = w·(φ_i − φ̄)``.
+
+    ``weights (F,)`` are seconds of discounted future watch time per unit of each feature of
+    one shown item; ``mean (F,)`` is ``φ̄`` over the shown items, so an average item gets
+    no credit; ``r2`` is the within-user share of the future's variance the fit explains.
+    """
+
+    weights: np.ndarray
+    mean: np.ndarray
+    r2: float
+
+    def __call__(self, phi: np.ndarray) -> np.ndarray:
+        return (phi - self.mean) @ self.weights
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "weights": dict(zip(CREDIT_FEATURES, self.weights.round(4).tolist(), strict=True)),
+            "r2": round(self.r2, 4),
+        }
+
+
+def _demean_by(groups: np.ndarray, x: np.ndarray) -> np.ndarray:
+    codes, inverse = np.unique(groups, return_inverse=True)
+    counts = np.bincount(inverse, minlength=len(codes)).astype(np.float64)
+    sums = np.zeros((len(codes), x.shape[1]))
+    np.add.at(sums, inverse, x)
+    return x - (sums / counts[:, None])[inverse]
+
+
+def fit_session_credit(data: AgentData, duration_s: np.ndarray) -> SessionCredit:
+    r"""Least squares of the WatchTime agent's future on a request's shown feedback.
+
+    The world decides whether the user stays, and how tired they get, from the slate's
+    feedback (watch fraction, interactions, hates); none of it reaches an item's own reward,
+    and the shared future of a request (:func:`models.mmrf.continuation_targets`) is the
+    same for every candidate, so it cannot rank them. Within each user (user means removed,
+    which takes out how long a user stays anyway)::
+
+        G_t+1,0 = Σ_{i shown at t} w·φ_i + β·[context_t ; history_t] + u_user + ε
+
+    and ``w`` is an item's share of the future. ``duration_s`` is ``(N, C)`` like
+    ``data.items``. Fitted on shown items only: it is their future that was logged.
+    """
+    phi = credit_features(data.rewards, duration_s)
+    shown_sum = (phi * data.shown[..., None]).sum(axis=1)
+    x = np.concatenate([shown_sum, data.context, data.history], axis=1).astype(np.float64)
+    y = data.returns[:, :1].astype(np.float64)
+    xd, yd = _demean_by(data.user_id, x), _demean_by(data.user_id, y)[:, 0]
+    coef, *_ = np.linalg.lstsq(xd, yd, rcond=None)
+    resid = yd - xd @ coef
+    total = float((yd**2).sum())
+    r2 = 1.0 - float((resid**2).sum()) / total if total > 0 else 0.0
+    n_f = len(CREDIT_FEATURES)
+    return SessionCredit(weights=coef[:n_f], mean=phi[data.shown].mean(axis=0), r2=r2)
+
+
+def with_session_credit(
+    data: AgentData, credit: SessionCredit, duration_s: np.ndarray, weight: float, gamma: float
+) -> AgentData:
+    """``data`` with the WatchTime reward of every candidate raised by ``λ·γ·c_i``
+    (``weight`` = λ): an item is credited now for the future its feedback buys, discounted
+    like the next request. Simulated non-impressions are credited from their simulated
+    feedback."""
+    phi = credit_features(data.rewards, duration_s)
+    rewards = data.rewards.copy()
+    rewards[..., 0] += (weight * gamma * credit(phi) * data.mask).astype(np.float32)
+    return replace(data, rewards=rewards)

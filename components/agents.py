@@ -27,8 +27,12 @@ import torch
 from components.agent_data import (
     AGENTS,
     AgentData,
+    SessionCredit,
     build_agent_data,
+    fit_session_credit,
+    item_durations_s,
     negative_rewards,
+    with_session_credit,
 )
 from components.features import FeatureSpace, context_features, history_features
 from components.io import read_table
@@ -263,6 +267,10 @@ def train_agents(
         L.seed_everything(seed, workers=True)
         actor, critic = build_networks(fs, config)
         base = build_agent_data(tables, fs, train_ids, config.gamma)
+        credit = _SessionCreditor.fit(base, tables["items"], config)
+        if credit.credit is not None:
+            say(f"session credit fitted: {credit.credit.to_dict()}")
+        base = credit.apply(base)
         module = AgentsModule(
             actor, critic, config, torch.from_numpy(base.reward_scale()), base.slate_size
         )
@@ -272,7 +280,7 @@ def train_agents(
             data_r = (
                 base
                 if extra is None
-                else build_agent_data(tables, fs, train_ids, config.gamma, extra)
+                else credit.apply(build_agent_data(tables, fs, train_ids, config.gamma, extra))
             )
             module.set_data(_tensors(data_r))
             loader = torch.utils.data.DataLoader(
@@ -304,7 +312,42 @@ def train_agents(
         inspect(module)
     state = {k: v.detach().clone() for k, v in module.actor.state_dict().items()}
     metrics = {"train_history": module.history, "reward_scale": base.reward_scale().tolist()}
+    if credit.credit is not None:
+        metrics["session_credit"] = credit.credit.to_dict()
     return TrainedAgents(state, config, fs, name=name, metrics=metrics)
+
+
+@dataclass(frozen=True)
+class _SessionCreditor:
+    """The session credit of a training run (``AgentsConfig.session_credit``), fitted once on
+    the logged impressions and applied to every round's candidates; inert when λ = 0."""
+
+    credit: SessionCredit | None
+    durations: pd.Series
+    config: AgentsConfig
+
+    @classmethod
+    def fit(cls, base: AgentData, items: pd.DataFrame, config: AgentsConfig) -> _SessionCreditor:
+        durations = item_durations_s(items)
+        if config.session_credit <= 0:
+            return cls(None, durations, config)
+        return cls(fit_session_credit(base, cls._of(durations, base)), durations, config)
+
+    @staticmethod
+    def _of(durations: pd.Series, data: AgentData) -> np.ndarray:
+        seconds = durations.reindex(data.items.ravel()).fillna(1.0).to_numpy()
+        return seconds.reshape(data.items.shape)
+
+    def apply(self, data: AgentData) -> AgentData:
+        if self.credit is None:
+            return data
+        return with_session_credit(
+            data,
+            self.credit,
+            self._of(self.durations, data),
+            self.config.session_credit,
+            self.config.gamma,
+        )
 
 
 def agent_tables(data: str | Path | Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:

@@ -285,6 +285,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         config = replace(config, agents=replace(config.agents, temperature=args.agent_temperature))
     if args.critic is not None:
         config = replace(config, agents=replace(config.agents, critic=args.critic))
+    if args.session_credit is not None:
+        config = replace(config, agents=replace(config.agents, session_credit=args.session_credit))
     if args.ranker_temperature is not None:
         config = replace(config, ranker=replace(config.ranker, temperature=args.ranker_temperature))
     data_dir = Path(args.data_dir)
@@ -503,6 +505,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="mmrf: the agents' critic, immediate reward and continuation regressed apart "
         "(split) or together (joint); default: AgentsConfig's",
+    )
+    ex.add_argument(
+        "--session-credit",
+        type=float,
+        default=None,
+        metavar="LAMBDA",
+        help="mmrf: weight of the per-item session credit in the agents' WatchTime reward "
+        "(what an item's feedback buys of the rest of the session; default 0, off)",
     )
     ex.add_argument("--out", default="docs/results")
     ex.add_argument(

@@ -47,6 +47,11 @@ slots share a request's future)::
 with ``f`` on a stop-gradient of the encoder (:class:`Critics`); the default ``"joint"``
 regresses one ``q_j`` on ``y_j`` (rewards are scaled per agent either way).
 
+The continuation ``F_j(s)`` is the same for every candidate of a request, so it cannot
+tell them apart; ``session_credit`` = λ > 0 adds to the WatchTime reward of each candidate
+the share of the future its own feedback buys, ``λ·γ·w·(φ_i − φ̄)``, with ``w`` fitted on
+the log (``components.agent_data.fit_session_credit``).
+
 ``Q̄`` uses a Polyak-averaged target critic. The session's state (fatigue) is hidden from
 the logged features, so a pure TD target cannot see a clickbait's later cost; the
 Monte-Carlo part can (its variance is the price), hence the blend.
@@ -98,6 +103,10 @@ class AgentsConfig:
         ``critic`` ("joint"): one ``q`` regressed on the summed target; "split" is
         ``q = r̂ + γ·f`` with the immediate reward and the continuation regressed apart
         (:class:`Critics`; measured in docs/results/aligned_world_split).
+        ``session_credit`` (0.0): λ of the per-item session credit — the WatchTime reward
+        of each candidate is raised by ``λ·γ·w·(φ_i − φ̄)``, what its feedback buys of the
+        rest of the session (``components.agent_data.fit_session_credit``); 0 leaves the
+        rewards as logged.
         ``non_impressions`` ("simulated"): labelled by the feedback simulator (MMRF),
         "none" (MMRF-DA), "negative" (MMRF-NS, constant reward ``negative_reward``·mean).
         ``label_share`` (0.25): share of logged non-impressions sampled per round.
@@ -127,6 +136,7 @@ class AgentsConfig:
     two_stage: bool = False
     aux_actions: bool = True
     critic: str = "joint"
+    session_credit: float = 0.0
     non_impressions: str = "simulated"
     negative_reward: float = 1.0
     label_share: float = 0.25
@@ -171,6 +181,8 @@ class AgentsConfig:
         for name in ("rounds", "epochs", "batch_size", "dim", "hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AgentsConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.session_credit < 0:
+            raise ValueError(f"AgentsConfig.session_credit must be >= 0, got {self.session_credit}")
         if self.temperature <= 0:
             raise ValueError(f"AgentsConfig.temperature must be > 0, got {self.temperature}")
 

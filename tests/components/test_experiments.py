@@ -251,12 +251,19 @@ def test_experiment_reuses_a_data_set_made_with_its_world(tmp_path: Path) -> Non
         _ensure_world_data(data, ["days=2"])
 
 
-@pytest.mark.parametrize("flag", ["--ranker-temperature", "--agent-temperature"])
-def test_experiment_refuses_a_bad_temperature_before_touching_data(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--ranker-temperature", "0", "temperature must be > 0"),
+        ("--agent-temperature", "0", "temperature must be > 0"),
+        ("--session-credit", "-1", "session_credit must be >= 0"),
+    ],
+)
+def test_experiment_refuses_a_bad_agent_setting_before_touching_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, message: str
 ) -> None:
     data = tmp_path / "data"
     args = ["experiment", "mmrf", "--data-dir", str(data), "--out", str(tmp_path / "r")]
-    assert main([*args, flag, "0"]) == 1
-    assert "temperature must be > 0" in capsys.readouterr().err
+    assert main([*args, flag, value]) == 1
+    assert message in capsys.readouterr().err
     assert not data.exists()  # refused before any data set was generated
