@@ -22,7 +22,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from components.features import FeatureSpace, context_features, history_features, session_history
+from components.features import (
+    FeatureSpace,
+    context_features,
+    history_features,
+    session_history,
+    watch_fraction,
+)
 from components.io import DataError
 
 AGENTS: tuple[str, ...] = (
@@ -208,16 +214,18 @@ CREDIT_FEATURES: tuple[str, ...] = ("watch_fraction", *AGENTS[1:])
 
 
 def item_durations_s(items: pd.DataFrame) -> pd.Series:
-    """Video duration in seconds by ``item_id`` (at least 1 s; live items have none)."""
-    dur = pd.to_numeric(items["video_duration"], errors="coerce").fillna(0.0) / 1000.0
-    return pd.Series(np.maximum(dur.to_numpy(np.float64), 1.0), index=items["item_id"].to_numpy())
+    """Video duration in seconds by ``item_id``; NaN where unknown (missing or ≤ 0, e.g. live
+    streams), which :func:`credit_features` reads as a watch fraction of 0."""
+    dur = pd.to_numeric(items["video_duration"], errors="coerce").to_numpy(np.float64)
+    dur = np.where(np.isfinite(dur) & (dur > 0), dur / 1000.0, np.nan)
+    return pd.Series(dur, index=items["item_id"].to_numpy())
 
 
 def credit_features(rewards: np.ndarray, duration_s: np.ndarray) -> np.ndarray:
-    """``φ (..., F)``: the watch fraction ``play / duration`` (clipped to [0, 2]), then the
-    auxiliary agents' signed rewards (``CREDIT_FEATURES``); ``rewards (..., A)`` in
-    ``AGENTS`` order, ``duration_s`` the shape of ``rewards[..., 0]``."""
-    frac = np.clip(rewards[..., 0] / np.maximum(duration_s, 1.0), 0.0, 2.0)
+    """``φ (..., F)``: the watch fraction ``play / duration`` (``features.watch_fraction``,
+    clipped to [0, 2]), then the auxiliary agents' signed rewards (``CREDIT_FEATURES``);
+    ``rewards (..., A)`` in ``AGENTS`` order, ``duration_s`` the shape of ``rewards[..., 0]``."""
+    frac = np.clip(watch_fraction(rewards[..., 0], duration_s), 0.0, 2.0)
     return np.concatenate([frac[..., None], rewards[..., 1:]], axis=-1).astype(np.float64)
 
 
@@ -285,7 +293,12 @@ def with_session_credit(
     """``data`` with the WatchTime reward of every candidate raised by ``λ·γ·c_i``
     (``weight`` = λ): an item is credited now for the future its feedback buys, discounted
     like the next request. Simulated non-impressions are credited from their simulated
-    feedback."""
+    feedback; MMRF-NS's constant rewards get one constant credit (a watch fraction of 0 and
+    the negative aspect rewards), so they stay one constant per agent.
+
+    Only rewards change: the Monte-Carlo returns stay as logged, while the bootstrapped
+    value of the next request is learnt on credited rewards; the gap is the same for every
+    candidate of a request, so it does not change how they rank."""
     phi = credit_features(data.rewards, duration_s)
     rewards = data.rewards.copy()
     rewards[..., 0] += (weight * gamma * credit(phi) * data.mask).astype(np.float32)

@@ -328,15 +328,15 @@ class _SessionCreditor:
 
     @classmethod
     def fit(cls, base: AgentData, items: pd.DataFrame, config: AgentsConfig) -> _SessionCreditor:
-        durations = item_durations_s(items)
         if config.session_credit <= 0:
-            return cls(None, durations, config)
+            return cls(None, pd.Series(dtype=np.float64), config)
+        durations = item_durations_s(items)
         return cls(fit_session_credit(base, cls._of(durations, base)), durations, config)
 
     @staticmethod
     def _of(durations: pd.Series, data: AgentData) -> np.ndarray:
-        seconds = durations.reindex(data.items.ravel()).fillna(1.0).to_numpy()
-        return seconds.reshape(data.items.shape)
+        """Durations (s) of ``data``'s candidates, NaN where unknown."""
+        return durations.reindex(data.items.ravel()).to_numpy().reshape(data.items.shape)
 
     def apply(self, data: AgentData) -> AgentData:
         if self.credit is None:

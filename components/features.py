@@ -189,6 +189,15 @@ LIVE_SKIP_MS = 3000.0
 """A skipped live injection logs exactly this play time (the world's ``skip_seconds``)."""
 
 
+def watch_fraction(play: Any, duration: Any) -> np.ndarray:
+    """``play / duration`` (same units), 0 where the duration is unknown (NaN or ≤ 0, e.g.
+    live streams) and for negative play."""
+    play = np.asarray(play, dtype=np.float64)
+    duration = np.asarray(duration, dtype=np.float64)
+    ok = np.isfinite(duration) & (duration > 0)
+    return np.where(ok, np.clip(play, 0.0, None) / np.where(ok, duration, 1.0), 0.0)
+
+
 def session_history(requests: pd.DataFrame, impressions: pd.DataFrame) -> pd.DataFrame:
     """The history each logged request was served with: sums over the *earlier* requests of
     its session (``HISTORY_COLUMNS``; ``last_watch_fraction`` is the previous request's mean
@@ -200,7 +209,7 @@ def session_history(requests: pd.DataFrame, impressions: pd.DataFrame) -> pd.Dat
     play = impressions["play_time_ms"].to_numpy(np.float64)
     dur = impressions["duration_ms"].to_numpy(np.float64)
     imp["watch_s"] = play / 1000.0
-    imp["frac"] = np.divide(play, dur, out=np.zeros_like(play), where=dur > 0)
+    imp["frac"] = watch_fraction(play, dur)
     imp["interactions"] = sum(
         impressions[c].to_numpy(np.float64)
         for c in ("is_like", "is_comment", "is_follow", "is_forward")

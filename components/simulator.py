@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from components.agent_data import AGENTS, REWARD_SIGN
 from components.evaluation import auc, gauc
-from components.features import FeatureSpace, context_features
+from components.features import FeatureSpace, context_features, watch_fraction
 from components.io import DataError
 from components.model_files import read_model_files, save_model_files
 from components.training import IndexBatches, _lightning_context, _torch_threads
@@ -208,8 +208,7 @@ def feedback_inputs(impressions: pd.DataFrame) -> np.ndarray:
         duration = impressions["duration_ms"].to_numpy(np.float64)
     else:
         duration = np.zeros(len(impressions))
-    ok = np.isfinite(duration) & (duration > 0)
-    frac = np.where(ok, np.clip(play, 0, None) / np.where(ok, duration, 1.0), 0.0)
+    frac = watch_fraction(play, duration)
     out = np.empty((len(impressions), N_FEEDBACK), dtype=np.float32)
     out[:, : len(ASPECTS)] = impressions[list(ASPECTS)].to_numpy(np.float32)
     out[:, len(ASPECTS)] = log_play_target(play)
