@@ -285,6 +285,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         config = replace(config, agents=replace(config.agents, temperature=args.agent_temperature))
     if args.critic is not None:
         config = replace(config, agents=replace(config.agents, critic=args.critic))
+    if args.mc_weight is not None:
+        config = replace(config, agents=replace(config.agents, mc_weight=args.mc_weight))
     if args.session_credit is not None:
         config = replace(config, agents=replace(config.agents, session_credit=args.session_credit))
     if args.ranker_temperature is not None:
@@ -505,6 +507,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="mmrf: the agents' critic, immediate reward and continuation regressed apart "
         "(split) or together (joint); default: AgentsConfig's",
+    )
+    ex.add_argument(
+        "--mc-weight",
+        type=float,
+        default=None,
+        metavar="ETA",
+        help="mmrf: share of the Monte-Carlo return in the critics' continuation target "
+        "(the rest is the target critic's value; default 0.5)",
     )
     ex.add_argument(
         "--session-credit",

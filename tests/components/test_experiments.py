@@ -257,6 +257,7 @@ def test_experiment_reuses_a_data_set_made_with_its_world(tmp_path: Path) -> Non
         ("--ranker-temperature", "0", "temperature must be > 0"),
         ("--agent-temperature", "0", "temperature must be > 0"),
         ("--session-credit", "-1", "session_credit must be >= 0"),
+        ("--mc-weight", "1.5", "mc_weight in [0, 1]"),
     ],
 )
 def test_experiment_refuses_a_bad_agent_setting_before_touching_data(
