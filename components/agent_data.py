@@ -213,14 +213,6 @@ CREDIT_FEATURES: tuple[str, ...] = ("watch_fraction", *AGENTS[1:])
 """An item's feedback as the session-credit regression reads it (:func:`credit_features`)."""
 
 
-def item_durations_s(items: pd.DataFrame) -> pd.Series:
-    """Video duration in seconds by ``item_id``; NaN where unknown (missing or ≤ 0, e.g. live
-    streams), which :func:`credit_features` reads as a watch fraction of 0."""
-    dur = pd.to_numeric(items["video_duration"], errors="coerce").to_numpy(np.float64)
-    dur = np.where(np.isfinite(dur) & (dur > 0), dur / 1000.0, np.nan)
-    return pd.Series(dur, index=items["item_id"].to_numpy())
-
-
 def credit_features(rewards: np.ndarray, duration_s: np.ndarray) -> np.ndarray:
     """``φ (..., F)``: the watch fraction ``play / duration`` (``features.watch_fraction``,
     clipped to [0, 2]), then the auxiliary agents' signed rewards (``CREDIT_FEATURES``);

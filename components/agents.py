@@ -30,11 +30,15 @@ from components.agent_data import (
     SessionCredit,
     build_agent_data,
     fit_session_credit,
-    item_durations_s,
     negative_rewards,
     with_session_credit,
 )
-from components.features import FeatureSpace, context_features, history_features
+from components.features import (
+    FeatureSpace,
+    context_features,
+    history_features,
+    item_durations_s,
+)
 from components.io import read_table
 from components.model_files import read_model_files, save_model_files
 from components.training import (

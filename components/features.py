@@ -198,6 +198,14 @@ def watch_fraction(play: Any, duration: Any) -> np.ndarray:
     return np.where(ok, np.clip(play, 0.0, None) / np.where(ok, duration, 1.0), 0.0)
 
 
+def item_durations_s(items: pd.DataFrame) -> pd.Series:
+    """Video duration in seconds by ``item_id``; NaN where unknown (missing, not a number or
+    ≤ 0, e.g. live streams), which :func:`watch_fraction` reads as a fraction of 0."""
+    dur = _numeric(items, "video_duration")
+    dur = np.where(np.isfinite(dur) & (dur > 0), dur / 1000.0, np.nan)
+    return pd.Series(dur, index=items["item_id"].to_numpy())
+
+
 def session_history(requests: pd.DataFrame, impressions: pd.DataFrame) -> pd.DataFrame:
     """The history each logged request was served with: sums over the *earlier* requests of
     its session (``HISTORY_COLUMNS``; ``last_watch_fraction`` is the previous request's mean

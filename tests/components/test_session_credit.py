@@ -17,10 +17,10 @@ from components.agent_data import (
     SessionCredit,
     credit_features,
     fit_session_credit,
-    item_durations_s,
     with_session_credit,
 )
 from components.agents import train_agents, with_variant
+from components.features import item_durations_s
 from models.mmrf import AgentsConfig
 
 A = len(AGENTS)
